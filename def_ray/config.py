@@ -1,0 +1,262 @@
+"""Typed experiment configuration, validated once at job start.
+
+One YAML file describes an experiment: where data comes from and goes to, the model, training, sampling,
+forecasting, serving and tracking.  Every section has defaults, so a config only states what differs.
+Unknown keys are errors (a typo must not silently fall back to a default), and messages name the key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from def_ray.data.lexicon import DEFAULT_CHANNELS, check_variables
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageOptions(_Section):
+    """fsspec / s3fs options for an object store. Secrets come from the environment, never from the file."""
+
+    endpoint_url: str | None = None
+    anon: bool = False
+    region: str | None = None
+
+    def to_fsspec(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.anon:
+            opts["anon"] = True
+        client: dict[str, Any] = {}
+        if self.endpoint_url:
+            client["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client["region_name"] = self.region
+        if client:
+            opts["client_kwargs"] = client
+        return opts
+
+
+class SynthConfig(_Section):
+    """Seeded synthetic HRRR-like scenes (def_ray.data.synthetic)."""
+
+    seed: int = 0
+    hours: int = Field(24, ge=1)
+    start: datetime = datetime(2024, 6, 1, 12)
+    ny: int = Field(64, ge=8)
+    nx: int = Field(64, ge=8)
+    # offset of the crop inside the full 1059 x 1799 HRRR grid
+    y0: int = Field(400, ge=0)
+    x0: int = Field(900, ge=0)
+    out_dir: str = "data/synthetic/grib"
+
+
+class FetchConfig(_Section):
+    """HRRR archive access (def_ray.data.fetch)."""
+
+    archive_url: str = "s3://noaa-hrrr-bdp-pds"
+    storage: StorageOptions = StorageOptions(anon=True)
+    product: Literal["wrfsfcf", "wrfsubhf", "wrfprsf", "wrfnatf"] = "wrfsfcf"
+    lead_hour: int = Field(0, ge=0, le=48)
+    start: datetime | None = None
+    end: datetime | None = None
+    out_dir: str = "data/hrrr/grib"
+    retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+
+
+class DataConfig(_Section):
+    """The Zarr store and the windows read from it."""
+
+    store: str = "data/zarr/hrrr.zarr"
+    storage: StorageOptions = StorageOptions()
+    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
+    target_variables: list[str] = Field(default_factory=lambda: ["refc"])
+    n_past: int = Field(4, ge=1)
+    dt_steps: int = Field(1, ge=1, description="store time steps between frames of a window (1 = hourly store)")
+    tile: int = Field(256, ge=8, description="spatial chunk edge in the Zarr store")
+    crop: int | None = Field(None, ge=8, description="random square training crop; None = full frames")
+    static_fields: list[Literal["latitude", "longitude"]] = Field(default_factory=list)
+    # splits: fractions of the store's committed time axis, in time order, separated by `gap_steps`
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    gap_steps: int | None = Field(None, ge=0, description="steps between splits; default n_past * dt_steps")
+
+    @field_validator("variables", "target_variables")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        check_variables(v)
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate variables in {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _targets_in_variables(self) -> DataConfig:
+        missing = [v for v in self.target_variables if v not in self.variables]
+        if missing:
+            raise ValueError(f"target_variables {missing} are not in data.variables {self.variables}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction leave less than 10% of the data to train on")
+        return self
+
+    @property
+    def gap(self) -> int:
+        return self.n_past * self.dt_steps if self.gap_steps is None else self.gap_steps
+
+
+class ModelConfig(_Section):
+    kind: Literal["deterministic", "diffusion"] = "diffusion"
+    base_dims: int = Field(64, ge=4)
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 4])
+    num_res_blocks: int = Field(2, ge=1)
+    attention_levels: list[int] = Field(default_factory=lambda: [2], description="levels (0 = finest) with attention")
+    groups: int = Field(8, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    timesteps: int = Field(200, ge=2, description="diffusion steps T of the cosine schedule")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < len(self.channel_mults)]
+        if bad:
+            raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mults) - 1} (channel_mults)")
+        if any(self.base_dims * m % self.groups for m in self.channel_mults):
+            raise ValueError(f"base_dims * channel_mults must be divisible by groups={self.groups}")
+        return self
+
+
+class SamplerConfig(_Section):
+    name: Literal["ddpm", "ddim", "dpmpp"] = "dpmpp"
+    steps: int | None = Field(20, ge=1, description="None = all T steps (only meaningful for ddpm)")
+    member_batch_size: int = Field(10, ge=1)
+    spread_scale: float = Field(1.0, gt=0, description="scales the sampling noise; 1 = faithful")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    bf16: bool = True
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    storage_path: str = "runs"
+    storage: StorageOptions = StorageOptions()
+    run_name: str = "def-ray"
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0)
+    val_members: int = Field(4, ge=2)
+    val_windows: int = Field(4, ge=1)
+    export_path: str | None = Field(None, description="best checkpoint as one file; default <storage_path>/<run>/best.pt")
+    seed: int = 0
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or a local ./mlruns store")
+    experiment: str = "def-ray"
+    enabled: bool = True
+
+
+class ForecastConfig(_Section):
+    members: int = Field(50, ge=1)
+    lead_hours: int = Field(1, ge=1)
+    thresholds: list[float] = Field(default_factory=lambda: [20.0, 35.0, 40.0, 50.0])
+    sampler: SamplerConfig = SamplerConfig()
+    seed: int = 0
+    num_actors: int = Field(2, ge=1)
+    out: str = "forecasts/forecast.zarr"
+    storage: StorageOptions = StorageOptions()
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    sampler_replicas: int = Field(2, ge=1)
+    gpus_per_replica: float = Field(0, ge=0)
+    max_members: int = Field(200, ge=1)
+    max_steps: int = Field(1000, ge=1)
+    max_ongoing_requests: int = Field(4, ge=1)
+    max_queued_requests: int = Field(8, ge=0)
+    request_timeout_s: float = Field(120, gt=0)
+    api_key_env: str = "DEF_RAY_API_KEY"
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+
+class Config(_Section):
+    name: str = "def-ray"
+    synth: SynthConfig = SynthConfig()
+    fetch: FetchConfig = FetchConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    forecast: ForecastConfig = ForecastConfig()
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        if self.data.crop is not None:
+            factor = 2 ** (len(self.model.channel_mults) - 1)
+            if self.data.crop % factor:
+                raise ValueError(f"data.crop={self.data.crop} must be a multiple of {factor} (model downsampling)")
+        steps = self.forecast.sampler.steps
+        if steps is not None and steps > self.model.timesteps:
+            raise ValueError(f"forecast.sampler.steps={steps} exceeds model.timesteps={self.model.timesteps}")
+        if self.train.use_gpu is False and self.train.bf16:
+            # bf16 autocast is a GPU feature here; on CPU it silently does nothing, which is fine.
+            pass
+        return self
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a YAML config; `overrides` maps dotted keys ("train.epochs") to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config_from_dict(raw, str(path))

@@ -1,0 +1,128 @@
+"""Session fixtures that start real parts (Ray, an S3 server, an MLflow server) on loopback and stop them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DEF_RAY_SHARED_DATA", REPO.parent / "shared" / "data"))
+REQUIRE_REAL_DATA = os.environ.get("DEF_RAY_REQUIRE_REAL_DATA") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, the real HRRR and MRMS GRIB2; skips where absent, fails in CI (DEF_RAY_REQUIRE_REAL_DATA=1)."""
+    if not (SHARED_DATA / "hrrr").is_dir():
+        msg = f"real data not found at {SHARED_DATA} (set DEF_RAY_SHARED_DATA)"
+        if REQUIRE_REAL_DATA:
+            pytest.fail(msg + " and DEF_RAY_REQUIRE_REAL_DATA=1")
+        pytest.skip(msg)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray instance shared by the whole test session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=str(tmp_path_factory.mktemp("ray")),
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
+                                           "TQDM_DISABLE": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 HTTP API (moto_server) on loopback; yields its endpoint URL and sets dummy credentials."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ[k] = v
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_http(endpoint, 10)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the session's S3 server; yields (bucket name, storage options)."""
+    import boto3
+
+    name = "b" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + f"-{free_port()}"
+    name = "".join(c for c in name if c.isalnum() or c == "-")
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    yield name, {"client_kwargs": {"endpoint_url": s3_server}}
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` with a sqlite backend on loopback; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri + "/health", 60, proc)
+        yield uri
+    finally:
+        stop(proc)
