@@ -94,7 +94,10 @@ class DataConfig(_Section):
     @field_validator("variables", "target_variables")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        check_variables(v)
+        try:
+            check_variables(v)
+        except KeyError as err:
+            raise ValueError(str(err)) from None
         if len(set(v)) != len(v):
             raise ValueError(f"duplicate variables in {v}")
         return v
@@ -215,9 +218,6 @@ class Config(_Section):
         steps = self.forecast.sampler.steps
         if steps is not None and steps > self.model.timesteps:
             raise ValueError(f"forecast.sampler.steps={steps} exceeds model.timesteps={self.model.timesteps}")
-        if self.train.use_gpu is False and self.train.bf16:
-            # bf16 autocast is a GPU feature here; on CPU it silently does nothing, which is fine.
-            pass
         return self
 
     def dump(self) -> dict[str, Any]:

@@ -1,0 +1,192 @@
+"""`def-ray` command line: one sub-command per stage of the pipeline (each --help explains itself)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from def_ray.config import Config, ConfigError, load_config
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """["train.epochs=3", "data.crop=null"] -> {"train.epochs": 3, "data.crop": None} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not KEY=VALUE (e.g. train.epochs=3)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = parse_overrides(getattr(args, "override", None) or [])
+    if getattr(args, "config", None):
+        return load_config(args.config, overrides)
+    from def_ray.config import config_from_dict
+
+    raw: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config_from_dict(raw, "<command line>")
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--config", required=required, help="experiment YAML (configs/*.yaml)")
+    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. -o train.epochs=3 (repeatable)")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from def_ray.demo import run_demo
+
+    run_demo(out_dir=Path(args.out), config_path=args.config, quick=args.quick)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from def_ray.data.synthetic import write_synthetic_grib
+
+    cfg = config_from_args(args)
+    paths = write_synthetic_grib(cfg.synth)
+    print(f"wrote {len(paths)} GRIB2 files under {cfg.synth.out_dir}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from def_ray.data.fetch import fetch_hrrr
+
+    cfg = config_from_args(args)
+    fetch = cfg.fetch
+    start = args.start or fetch.start
+    end = args.end or fetch.end or start
+    if start is None:
+        raise ConfigError("fetch-hrrr needs --start (or fetch.start in the config)")
+    variables = args.variables.split(",") if args.variables else cfg.data.variables
+    report = fetch_hrrr(start, end, variables, fetch, args.out or fetch.out_dir)
+    print(report)
+    return 0 if not getattr(report, "failed", None) else 1
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from def_ray.data.ingest import format_report, ingest
+
+    cfg = config_from_args(args)
+    variables = args.variables.split(",") if args.variables else cfg.data.variables
+    sources = list(args.sources)
+    if not sources:
+        raise ConfigError("ingest needs GRIB2 files or URLs")
+    report = ingest(sources, args.out or cfg.data.store, variables, storage_options=cfg.data.storage.to_fsspec(),
+                    tile=args.tile or cfg.data.tile, shard=args.shard)
+    print(format_report(report))
+    return 1 if report.failed else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from def_ray.train.trainer import train
+
+    cfg = config_from_args(args)
+    result = train(cfg, config_path=args.config)
+    print(result)
+    return 0
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from def_ray.forecast.batch import main as forecast_main
+
+    return forecast_main(args.rest)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from def_ray.verify.report import main as verify_main
+
+    return verify_main(args.rest)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from def_ray.serve.app import run_serve
+
+    cfg = config_from_args(args)
+    run_serve(cfg, args.model, blocking=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="def-ray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="end to end on embedded synthetic data (local Ray, local files, local MLflow)")
+    p.add_argument("--out", default="demo_out", help="folder for every output of the demo")
+    p.add_argument("--config", default=None, help="default: configs/demo.yaml shipped with the package")
+    p.add_argument("--quick", action="store_true", help="fewer hours and epochs (a smoke run)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("synth", help="write seeded synthetic HRRR-like GRIB2 scenes (config section synth)")
+    _add_config(p)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("fetch-hrrr", help="download only the needed GRIB2 messages from the HRRR archive")
+    _add_config(p)
+    p.add_argument("--start", type=_parse_time, help="first cycle, e.g. 2024-06-01T00")
+    p.add_argument("--end", type=_parse_time, help="last cycle (inclusive)")
+    p.add_argument("--variables", help="comma-separated short names (default: data.variables)")
+    p.add_argument("--out", help="local folder (default: fetch.out_dir)")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("ingest", help="GRIB2 files or URLs -> one Zarr v3 store (local or s3://)")
+    _add_config(p)
+    p.add_argument("sources", nargs="*", help="GRIB2 files or URLs")
+    p.add_argument("--out", help="store URL (default: data.store)")
+    p.add_argument("--variables", help="comma-separated short names (default: data.variables)")
+    p.add_argument("--tile", type=int, help="spatial chunk edge (default: data.tile)")
+    p.add_argument("--shard", action="store_true", help="one shard object per time step and variable")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("train", help="train the model of the config on Ray Train (TorchTrainer)")
+    _add_config(p, required=True)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("forecast", help="ensemble forecast batch job (see `def-ray forecast --help`)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_forecast)
+
+    p = sub.add_parser("verify", help="verification report (see `def-ray verify --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("serve", help="run the Ray Serve HTTP endpoint (POST /forecast)")
+    _add_config(p, required=True)
+    p.add_argument("--model", required=True, help="checkpoint file (local or s3://)")
+    p.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def _parse_time(text: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"def-ray: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
