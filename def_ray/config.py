@@ -58,6 +58,17 @@ class SynthConfig(_Section):
     y0: int = Field(400, ge=0)
     x0: int = Field(900, ge=0)
     out_dir: str = "data/synthetic/grib"
+    init_rate: float = Field(0.004, ge=0, le=1, description="per grid point per hour probability of a new cell "
+                             "where CAPE is high and CIN weak (the logistic factors' ceiling)")
+
+    @model_validator(mode="after")
+    def _crop_inside_hrrr(self) -> SynthConfig:
+        from def_ray.data.grid import HRRR_NX, HRRR_NY
+
+        if self.y0 + self.ny > HRRR_NY or self.x0 + self.nx > HRRR_NX:
+            raise ValueError(f"crop y0={self.y0} ny={self.ny} x0={self.x0} nx={self.nx} reaches outside the "
+                             f"{HRRR_NY} x {HRRR_NX} HRRR grid")
+        return self
 
 
 class FetchConfig(_Section):
@@ -72,6 +83,26 @@ class FetchConfig(_Section):
     out_dir: str = "data/hrrr/grib"
     retries: int = Field(4, ge=0)
     backoff_s: float = Field(1.0, ge=0)
+    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
+    merge_gap_bytes: int = Field(0, ge=0, description="also merge byte ranges this close (fewer requests, more bytes)")
+    max_workers: int = Field(4, ge=1, description="hours downloaded at the same time")
+
+    @field_validator("variables")
+    @classmethod
+    def _known_fetch_variables(cls, v: list[str]) -> list[str]:
+        try:
+            check_variables(v)
+        except KeyError as err:  # pydantic reports ValueErrors only; UnknownVariableError is a KeyError
+            raise ValueError(str(err)) from None
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate variables in {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FetchConfig:
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError(f"fetch.start {self.start} is after fetch.end {self.end}")
+        return self
 
 
 class DataConfig(_Section):
@@ -125,6 +156,7 @@ class ModelConfig(_Section):
     groups: int = Field(8, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     timesteps: int = Field(200, ge=2, description="diffusion steps T of the cosine schedule")
+    attention_heads: int = Field(4, ge=1, description="heads of the self-attention at attention_levels")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -133,6 +165,9 @@ class ModelConfig(_Section):
             raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mults) - 1} (channel_mults)")
         if any(self.base_dims * m % self.groups for m in self.channel_mults):
             raise ValueError(f"base_dims * channel_mults must be divisible by groups={self.groups}")
+        if any(self.base_dims * self.channel_mults[lvl] % self.attention_heads for lvl in self.attention_levels):
+            raise ValueError(f"base_dims * channel_mults at attention_levels must be divisible by "
+                             f"attention_heads={self.attention_heads}")
         return self
 
 
@@ -141,6 +176,7 @@ class SamplerConfig(_Section):
     steps: int | None = Field(20, ge=1, description="None = all T steps (only meaningful for ddpm)")
     member_batch_size: int = Field(10, ge=1)
     spread_scale: float = Field(1.0, gt=0, description="scales the sampling noise; 1 = faithful")
+    eta: float = Field(0.0, ge=0, le=1, description="DDIM stochasticity (0 = deterministic); ignored by ddpm/dpmpp")
 
 
 class TrainConfig(_Section):
@@ -165,12 +201,24 @@ class TrainConfig(_Section):
     val_windows: int = Field(4, ge=1)
     export_path: str | None = Field(None, description="best checkpoint as one file; default <storage_path>/<run>/best.pt")
     seed: int = 0
+    # validation of the diffusion model: a small ensemble from a fast sampler on the EMA weights
+    val_sampler: Literal["ddim", "dpmpp"] = "dpmpp"
+    val_steps: int = Field(4, ge=1, description="sampler steps of the validation ensemble")
+    log_every_steps: int = Field(10, ge=1, description="optimiser steps between logged training-loss points")
+    # TEST HOOK (leave None in real configs): the worker of rank `fail_rank` fails once, right after optimiser step
+    # `fail_at_step`, by raising ("raise") or by killing its process ("exit"); a marker file in the run folder
+    # keeps the restarted worker from failing again.  Used to test resuming from checkpoints.
+    fail_at_step: int | None = Field(None, ge=1)
+    fail_mode: Literal["raise", "exit"] = "exit"
+    fail_rank: int = Field(0, ge=0)
 
 
 class TrackingConfig(_Section):
     tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or a local ./mlruns store")
     experiment: str = "def-ray"
     enabled: bool = True
+    http_timeout_s: float = Field(5.0, gt=0, description="per request; an unreachable server is given up quickly")
+    http_retries: int = Field(0, ge=0)
 
 
 class ForecastConfig(_Section):
