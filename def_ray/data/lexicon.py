@@ -51,6 +51,11 @@ _VARS = [
              "veril"),
     Variable("retop", "RETOP:cloud top", 0, 16, 3, "cloudTop", 0, "m", "echo top", "retop"),
     Variable("apcp", "APCP:surface", 0, 1, 8, "surface", 0, "kg m-2", "accumulated precipitation", "tp"),
+    # MRMS radar products (NSSL local tables, discipline 209); decoded by def_ray.data.mrms, never fetched by .idx
+    Variable("preciprate", "PrecipRate", 209, 6, 1, "surface", 0, "mm h-1", "MRMS radar precipitation rate",
+             "unknown"),
+    Variable("refc_mrms", "MergedReflectivityQCComposite", 209, 10, 0, "surface", 0, "dBZ",
+             "MRMS composite reflectivity (quality controlled)", "unknown"),
 ]
 
 LEXICON: dict[str, Variable] = {v.name: v for v in _VARS}
