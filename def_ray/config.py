@@ -61,6 +61,14 @@ class SynthConfig(_Section):
     init_rate: float = Field(0.004, ge=0, le=1, description="per grid point per hour probability of a new cell "
                              "where CAPE is high and CIN weak (the logistic factors' ceiling)")
 
+    @field_validator("start")
+    @classmethod
+    def _naive_utc(cls, v: datetime) -> datetime:
+        # GRIB2 times and the scenes' time axis are UTC without a zone
+        from datetime import timezone
+
+        return v if v.tzinfo is None else v.astimezone(timezone.utc).replace(tzinfo=None)
+
     @model_validator(mode="after")
     def _crop_inside_hrrr(self) -> SynthConfig:
         from def_ray.data.grid import HRRR_NX, HRRR_NY
