@@ -15,6 +15,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Tests talk only to the moto S3 server on loopback, which takes any credentials; set them before Ray starts so
+# its workers inherit them (and never reach for a developer's real AWS keys).
+TEST_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+os.environ.update(TEST_AWS_ENV)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEF_RAY_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -73,7 +77,7 @@ def ray_session(tmp_path_factory):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _temp_dir=str(tmp_path_factory.mktemp("ray")),
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
-                                           "TQDM_DISABLE": "1"}})
+                                           "TQDM_DISABLE": "1", **TEST_AWS_ENV}})
     yield ray
     ray.shutdown()
 
@@ -86,9 +90,6 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ[k] = v
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

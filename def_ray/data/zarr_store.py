@@ -118,12 +118,13 @@ class ZarrStore:
                                dimension_names=("y", "x"))
             a[:] = arr.astype("float32")
             a.attrs.update(attrs)
-        g.create_array("committed", shape=(n_times,), chunks=(1,), dtype="uint8", fill_value=0,
-                       dimension_names=("time",))
         g.create_array("step_stats", shape=(n_times, len(variables), 3), chunks=(1, len(variables), 3),
                        dtype="float64", fill_value=0.0, dimension_names=("time", "variable", "stat"))
         g.attrs.update(def_ray_store=1, variables=list(variables), t0=to_seconds(t0), dt_seconds=int(dt_seconds),
                        tile=int(tile), projection=dict(projection or {}), source=source, stats={})
+        # last: `exists()` looks for this array, so a create that crashed before here is redone by the next one
+        g.create_array("committed", shape=(n_times,), chunks=(1,), dtype="uint8", fill_value=0,
+                       dimension_names=("time",))
         self._group = None
         return self
 
@@ -142,7 +143,8 @@ class ZarrStore:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.group[self.variables[0]].shape)
+        # the time length is the committed array's: it grows last, so an interrupted ensure_times does not count
+        return (self.group["committed"].shape[0], *self.group[self.variables[0]].shape[1:])
 
     @property
     def projection(self) -> dict:
@@ -152,7 +154,7 @@ class ZarrStore:
         return self.group["latitude"][:], self.group["longitude"][:]
 
     def all_times(self) -> np.ndarray:
-        return to_datetime64(self.group["time"][:])
+        return to_datetime64(self.group["time"][:self.shape[0]])
 
     def committed_mask(self) -> np.ndarray:
         return self.group["committed"][:].astype(bool)
@@ -182,12 +184,11 @@ class ZarrStore:
         if n_new <= n_old:
             return
         g = self.group
-        for v in self.variables:
-            g[v].resize((n_new, *g[v].shape[1:]))
-        g["committed"].resize((n_new,))
-        g["step_stats"].resize((n_new, *g["step_stats"].shape[1:]))
-        g["time"].resize((n_new,))
-        g["time"][n_old:] = int(g.attrs["t0"]) + self.dt_seconds * np.arange(n_old, n_new)
+        for name in (*self.variables, "step_stats", "time"):  # arrays a crashed earlier call grew stay as they are
+            if g[name].shape[0] < n_new:
+                g[name].resize((n_new, *g[name].shape[1:]))
+        g["time"][n_old:n_new] = int(g.attrs["t0"]) + self.dt_seconds * np.arange(n_old, n_new)
+        g["committed"].resize((n_new,))  # last: only now does the axis count as grown
 
     def is_committed(self, t: Any) -> bool:
         i = self.index_of(t)
