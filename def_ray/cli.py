@@ -101,16 +101,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_forecast(args: argparse.Namespace) -> int:
+def _forecast_main(argv: Sequence[str]) -> int:
     from def_ray.forecast.batch import main as forecast_main
 
-    return forecast_main(args.rest)
+    return forecast_main(argv)
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from def_ray.verify.report import main as verify_main
+def _verify_main(argv: Sequence[str]) -> int:
+    from def_ray.verify.workflow import main as verify_main
 
-    return verify_main(args.rest)
+    return verify_main(argv)
+
+
+# sub-commands whose own parser owns every argument after the name
+DELEGATED = {"forecast": _forecast_main, "verify": _verify_main}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -156,14 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, required=True)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("forecast", help="ensemble forecast batch job (see `def-ray forecast --help`)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_forecast)
-
-    p = sub.add_parser("verify", help="verification report (see `def-ray verify --help`)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_verify)
+    sub.add_parser("forecast", help="ensemble forecast batch job across Ray actors (def-ray forecast --help)")
+    sub.add_parser("verify", help="scores and report vs persistence and pysteps (def-ray verify --help)")
 
     p = sub.add_parser("serve", help="run the Ray Serve HTTP endpoint (POST /forecast)")
     _add_config(p, required=True)
@@ -180,6 +178,9 @@ def _parse_time(text: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

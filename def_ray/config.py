@@ -238,6 +238,19 @@ class ForecastConfig(_Section):
     num_actors: int = Field(2, ge=1)
     out: str = "forecasts/forecast.zarr"
     storage: StorageOptions = StorageOptions()
+    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
+    cpus_per_actor: float = Field(1, gt=0, description="CPUs reserved by each batch-job sampling actor")
+    gpus_per_actor: float | None = Field(None, ge=0, description="None = 1 when the cluster has GPUs, else 0")
+    init_time: datetime | None = Field(None, description="None = the last committed time of the store")
+    map_members: int = Field(4, ge=0, description="members drawn on the PNG maps")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles_in_unit_interval(cls, v: list[float]) -> list[float]:
+        bad = [q for q in v if not 0 <= q <= 1]
+        if bad:
+            raise ValueError(f"quantiles {bad} outside [0, 1]")
+        return v
 
 
 class ServeConfig(_Section):
@@ -252,6 +265,26 @@ class ServeConfig(_Section):
     request_timeout_s: float = Field(120, gt=0)
     api_key_env: str = "DEF_RAY_API_KEY"
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved by each EnsembleSampler replica")
+    ingress_cpus: float = Field(0.5, ge=0, description="CPUs reserved by the ForecastIngress replica")
+    route_prefix: str = "/"
+    max_lead_hours: int = Field(48, ge=1, description="longest lead a request may ask for")
+
+
+class VerifyConfig(_Section):
+    """Which cases and scores `def-ray verify` computes."""
+
+    split: Literal["train", "val", "test"] = "test"
+    max_cases: int = Field(24, ge=1)
+    members: int | None = Field(None, ge=2, description="None = forecast.members")
+    lead_steps: int = Field(1, ge=1)
+    thresholds: list[float] | None = Field(None, description="None = forecast.thresholds")
+    scales: list[int] = Field(default_factory=lambda: [1, 3, 9, 17], description="FSS neighbourhoods (points)")
+    baselines: list[Literal["persistence", "extrapolation", "steps"]] = Field(
+        default_factory=lambda: ["persistence", "extrapolation", "steps"])
+    rain_threshold: float | None = Field(None, description="pysteps rain/no-rain threshold; None = 10 dBZ or 0.1 mm/h")
+    km_per_pixel: float = Field(3.0, gt=0)
+    out: str = "verification"
 
 
 class Config(_Section):
@@ -264,6 +297,7 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     forecast: ForecastConfig = ForecastConfig()
     serve: ServeConfig = ServeConfig()
+    verify: VerifyConfig = VerifyConfig()
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:

@@ -1,0 +1,192 @@
+"""`def-ray verify` / jobs/verify.py: score the models and the baselines on the same test windows and report.
+
+Methods: persistence, pysteps extrapolation, the pysteps STEPS ensemble (same member count), and each checkpoint
+given (the diffusion ensemble, the deterministic UNet).  On synthetic stores, `--synth-truth` adds the known-truth
+calibration check: the model's exceedance probabilities against the process's exact ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from def_ray.config import Config, ConfigError
+from def_ray.data.zarr_store import ZarrStore
+from def_ray.verify import forecasters as fcs
+from def_ray.verify.calibration import reliability_against_truth
+from def_ray.verify.report import Cases, run_forecasters, score, select_cases, write_report
+
+RAIN_VARIABLES = {"preciprate", "prate"}
+
+
+@dataclass
+class VerifyResult:
+    out_dir: Path
+    scores: dict[str, Any]
+    paths: dict[str, Path]
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"verification report: {self.paths['markdown']}"
+
+
+def _storage_options(url: str, opts: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(opts) if "://" in url and not url.startswith("file://") else {}
+
+
+def build_forecasters(cfg: Config, store: ZarrStore, models: Mapping[str, str], members: int,
+                      lead_steps: int, variable: str) -> dict[str, fcs.Forecaster]:
+    v = cfg.verify
+    scale = "rainrate" if variable in RAIN_VARIABLES else "dbz"
+    rain = v.rain_threshold if v.rain_threshold is not None else (0.1 if scale == "rainrate" else 10.0)
+    dt, n_past = cfg.data.dt_steps, cfg.data.n_past
+    minutes = store.dt_seconds * dt / 60
+    table: dict[str, fcs.Forecaster] = {}
+    for name in v.baselines:
+        if name == "persistence":
+            table[name] = fcs.persistence_forecaster(store, variable, lead_steps, dt)
+        elif name == "extrapolation":
+            table[name] = fcs.extrapolation_forecaster(store, variable, lead_steps, n_past, dt, scale, rain)
+        elif name == "steps":
+            table[name] = fcs.steps_forecaster(store, variable, lead_steps, n_past, members, dt, seed=cfg.forecast.seed,
+                                               scale=scale, threshold=rain, km_per_pixel=v.km_per_pixel,
+                                               timestep_minutes=minutes)
+    for name, path in models.items():
+        table[name] = fcs.model_forecaster(path, store, variable, lead_steps, members, cfg.forecast.sampler,
+                                           seed=cfg.forecast.seed,
+                                           storage_options=_storage_options(path, cfg.train.storage.to_fsspec()))
+    return table
+
+
+def synthetic_calibration(cfg: Config, cases: Cases, probabilities: Mapping[str, np.ndarray],
+                          thresholds: Sequence[float]) -> dict[str, Any]:
+    """Reliability of each method's lead-1 probabilities against the synthetic process's exact probabilities."""
+    from def_ray.data.synthetic import true_probabilities
+
+    truth = true_probabilities(cfg.synth, thresholds)
+    init_times = cases.truth["init_time"].values
+    valid = init_times + np.timedelta64(cases.store.dt_seconds * cfg.data.dt_steps, "s")
+    p_true = truth.sel(time=valid.astype(truth.time.dtype)).values  # (case, threshold, y, x)
+    out: dict[str, Any] = {}
+    for name, p_fc in probabilities.items():
+        out[name] = {}
+        for k, thr in enumerate(thresholds):
+            rel = reliability_against_truth(p_fc[:, k], p_true[:, k])
+            out[name][str(thr)] = {"max_deviation": rel.attrs["max_deviation"],
+                                   "bins": {f"{lo:.1f}-{hi:.1f}": {"forecast": _f(f), "true": _f(t), "count": int(n)}
+                                            for lo, hi, f, t, n in zip(rel.bin_lower.values, rel.bin_upper.values,
+                                                                       rel.forecast_probability.values,
+                                                                       rel.true_probability.values,
+                                                                       rel["count"].values)}}
+    return out
+
+
+def _f(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _calibration_section(cal: Mapping[str, Any]) -> str:
+    lines = ["## Reliability against the known probabilities (synthetic process)", "",
+             "Largest |mean forecast probability - mean true probability| over forecast-probability bins holding at "
+             "least 50 points (lead 1).", "", "| method | threshold | max deviation |", "|---|---|---|"]
+    for name, per in cal.items():
+        for thr, r in per.items():
+            dev = r["max_deviation"]
+            lines.append(f"| {name} | {thr} | {'–' if dev != dev else f'{dev:.3f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = None, *,
+           synth_truth: bool = False, mlflow_run_id: str | None = None,
+           progress: bool = True) -> VerifyResult:
+    v = cfg.verify
+    store = ZarrStore(cfg.data.store, _storage_options(cfg.data.store, cfg.data.storage.to_fsspec()))
+    variable = cfg.data.target_variables[0]
+    members = v.members or cfg.forecast.members
+    thresholds = list(v.thresholds or cfg.forecast.thresholds)
+    inits = select_cases(store, cfg.data, v.lead_steps, v.split, v.max_cases)
+    if inits.size == 0:
+        raise ConfigError(f"verify: the {v.split} split of {cfg.data.store} holds no window with "
+                          f"{v.lead_steps} lead step(s) after it")
+    cases = Cases(store, variable, inits, v.lead_steps, cfg.data.dt_steps)
+    table = build_forecasters(cfg, store, models, members, v.lead_steps, variable)
+    say = (lambda name: print(f"verify: running {name} on {inits.size} case(s)", flush=True)) if progress else None
+    forecasts = run_forecasters(cases, table, say)
+    scores = score(forecasts, cases.truth, thresholds, v.scales)
+    sections, calibration = [], {}
+    if synth_truth:
+        probs = {name: np.stack([(fc.isel(lead=0) >= thr).mean("member").values for thr in thresholds], axis=1)
+                 for name, fc in forecasts.items() if fc.sizes["member"] > 1}
+        calibration = synthetic_calibration(cfg, cases, probs, [t for t in thresholds if t > 0])
+        sections.append(_calibration_section(calibration))
+    out = Path(out_dir or v.out)
+    paths = write_report(out, scores, forecasts, cases.truth, thresholds, v.scales, sections,
+                         title=f"def_ray verification: {cfg.name}")
+    if calibration:
+        paths["calibration"] = out / "calibration_vs_truth.json"
+        paths["calibration"].write_text(json.dumps(calibration, indent=2))
+    if mlflow_run_id:
+        log_to_mlflow(cfg, mlflow_run_id, out, scores)
+    return VerifyResult(out_dir=out, scores=scores, paths=paths, calibration=calibration)
+
+
+def log_to_mlflow(cfg: Config, run_id: str, out: Path, scores: Mapping[str, Any]) -> bool:
+    """Attach the report to the model's MLflow run; a tracking failure is reported, never fatal."""
+    try:
+        import mlflow
+
+        from def_ray.train.tracking import resolve_tracking_uri
+
+        client = mlflow.MlflowClient(resolve_tracking_uri(cfg.tracking))
+        for name, per in scores.items():
+            for lead, row in per.items():
+                for key in ("crps", "crpss", "rmse", "spread_skill"):
+                    if row.get(key) is not None:
+                        client.log_metric(run_id, f"verify/{name}/lead{lead}/{key}", row[key])
+        client.log_artifacts(run_id, str(out), artifact_path="verification")
+        return True
+    except Exception as err:  # tracking must never lose the report
+        print(f"verify: could not log to MLflow run {run_id}: {err}", file=sys.stderr)
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="def-ray verify", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=CKPT",
+                   help="a checkpoint to score, e.g. diffusion=runs/demo/best.pt (repeatable)")
+    p.add_argument("--out", help="report folder (default: verify.out)")
+    p.add_argument("--synth-truth", action="store_true",
+                   help="the store holds the config's synthetic scenes: check reliability against known probabilities")
+    p.add_argument("--mlflow-run-id", help="log the report to this MLflow run")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from def_ray.cli import parse_overrides
+    from def_ray.config import load_config
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, parse_overrides(args.override))
+        models = {}
+        for item in args.model:
+            name, sep, path = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--model {item!r} is not NAME=CKPT")
+            models[name] = path
+        result = verify(cfg, models, args.out, synth_truth=args.synth_truth, mlflow_run_id=args.mlflow_run_id)
+    except ConfigError as err:
+        print(f"def-ray verify: {err}", file=sys.stderr)
+        return 2
+    print(result.paths["markdown"].read_text())
+    print(result)
+    return 0
