@@ -1,0 +1,91 @@
+"""The verification workflow end to end on a small synthetic store (baselines; models in tests/forecast)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from def_ray.config import config_from_dict
+from def_ray.data.ingest import ingest_dataset
+from def_ray.data.synthetic import generate_scenes
+from def_ray.data.zarr_store import ZarrStore
+from def_ray.verify.report import Cases, run_forecasters, score, select_cases
+from def_ray.verify.workflow import main as verify_main
+
+
+@pytest.fixture(scope="module")
+def synthetic_cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    cfg = config_from_dict({
+        "synth": {"hours": 60, "ny": 24, "nx": 24, "start": "2024-06-01T06:00:00"},
+        "data": {"store": str(root / "s.zarr"), "tile": 24},
+        "forecast": {"members": 6},
+        "verify": {"max_cases": 4, "lead_steps": 2, "out": str(root / "report"), "scales": [1, 5]},
+    })
+    ingest_dataset(generate_scenes(cfg.synth), cfg.data.store, progress=False)
+    return cfg
+
+
+def test_cases_lie_in_the_test_split_with_their_leads(synthetic_cfg):
+    store = ZarrStore(synthetic_cfg.data.store)
+    from def_ray.data.windows import split_windows
+
+    d = synthetic_cfg.data
+    splits = split_windows(store.committed_mask(), d.n_past, d.dt_steps, d.val_fraction, d.test_fraction, d.gap)
+    lo, hi = splits.ranges["test"]
+    inits = select_cases(store, d, lead_steps=2)
+    assert inits.size > 0
+    assert (inits - (d.n_past - 1) >= lo).all() and (inits + 2 < hi).all()
+    assert select_cases(store, d, lead_steps=2, max_cases=3).size == 3
+
+
+def test_a_perfect_forecaster_scores_perfectly(synthetic_cfg):
+    store = ZarrStore(synthetic_cfg.data.store)
+    inits = select_cases(store, synthetic_cfg.data, lead_steps=2, max_cases=3)
+    cases = Cases(store, "refc", inits, 2, 1)
+    truth_by_init = {int(i): cases.truth.values[k] for k, i in enumerate(inits)}
+    perfect = {"oracle": lambda i: np.repeat(truth_by_init[i][None], 3, axis=0)}
+    s = score(run_forecasters(cases, perfect), cases.truth, [20.0], [1, 3], reference=None)["oracle"]
+    for lead in (1, 2):
+        assert s[lead]["crps"] == pytest.approx(0, abs=1e-6) and s[lead]["rmse"] == pytest.approx(0, abs=1e-6)
+        t = s[lead]["thresholds"]["20.0"]
+        assert t["brier"] == pytest.approx(0, abs=1e-12)
+        if t["base_rate"] > 0:
+            assert t["csi"] == 1 and t["fss"][1] == pytest.approx(1)
+
+
+def test_forecasters_with_the_wrong_shape_are_named(synthetic_cfg):
+    store = ZarrStore(synthetic_cfg.data.store)
+    inits = select_cases(store, synthetic_cfg.data, lead_steps=1, max_cases=2)
+    cases = Cases(store, "refc", inits, 1, 1)
+    with pytest.raises(ValueError, match="'broken'"):
+        run_forecasters(cases, {"broken": lambda i: np.zeros((2, 1, 5, 5))})
+
+
+@pytest.mark.slow
+def test_verify_command_writes_the_report_with_known_truth_calibration(synthetic_cfg, tmp_path):
+    cfg_path = tmp_path / "c.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(synthetic_cfg.dump()))
+    assert verify_main(["--config", str(cfg_path), "--synth-truth", "--out", str(tmp_path / "rep")]) == 0
+    scores = json.loads((tmp_path / "rep" / "scores.json").read_text())
+    assert set(scores) == {"persistence", "extrapolation", "steps"}
+    assert scores["steps"]["1"]["members"] == 6 and "spread_skill" in scores["steps"]["1"]
+    assert scores["extrapolation"]["2"]["crpss"] is not None
+    cal = json.loads((tmp_path / "rep" / "calibration_vs_truth.json").read_text())
+    assert set(cal) == {"steps"} and set(cal["steps"]) == {"20.0", "35.0", "40.0", "50.0"}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| persistence | 1 |" in md and "known probabilities" in md
+    for png in ("reliability.png", "rank_histogram.png", "fss_vs_scale.png", "power_spectra.png", "crps_by_lead.png",
+                "spread_skill.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 1000
+
+
+def test_bad_model_argument_is_a_clear_error(synthetic_cfg, tmp_path, capsys):
+    import yaml
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(synthetic_cfg.dump()))
+    assert verify_main(["--config", str(cfg_path), "--model", "nonsense"]) == 2
+    assert "NAME=CKPT" in capsys.readouterr().err
