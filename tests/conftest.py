@@ -74,7 +74,7 @@ def ray_session(tmp_path_factory):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
                  _temp_dir=str(tmp_path_factory.mktemp("ray")),
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
                                            "TQDM_DISABLE": "1", **TEST_AWS_ENV}})
