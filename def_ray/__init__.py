@@ -1,7 +1,10 @@
 """def_ray: conditional diffusion ensemble forecasts of convection from NOAA HRRR, on Ray."""
 
-# pyproj must be loaded before eccodes/cfgrib: eccodes' bundled libraries carry another libproj, and loading that
-# one first crashes the interpreter ("double free or corruption") as soon as pyproj is used.
-import pyproj  # noqa: F401
+# Load order matters: eccodes' wheel bundles its own libproj and an old libsqlite3 (3.26) under the system names.
+# - pyproj first, or the process crashes ("double free or corruption") as soon as pyproj is used;
+# - sqlite3 first, or the stdlib module binds to eccodes' sqlite and MLflow's sqlite store refuses it (needs 3.31).
+import sqlite3  # noqa: F401  (isort: skip)
+
+import pyproj  # noqa: F401  (isort: skip)
 
 __version__ = "0.1.0"
