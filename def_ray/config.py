@@ -113,6 +113,22 @@ class FetchConfig(_Section):
         return self
 
 
+class MrmsConfig(_Section):
+    """MRMS radar frames cropped and coarsened into a store (def_ray.data.mrms), e.g. for real-data evaluation."""
+
+    files: str = "../shared/data/mrms/preciprate_20190610/*.grib2"
+    box: tuple[float, float, float, float] = (31.5, 34.06, -87.5, -84.94)  # lat_min, lat_max, lon_min, lon_max
+    factor: int = Field(2, ge=1, description="coarsening factor of the 0.01 degree grid")
+    min_coverage: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _box(self) -> MrmsConfig:
+        lat0, lat1, lon0, lon1 = self.box
+        if not (lat0 < lat1 and lon0 < lon1):
+            raise ValueError(f"box {self.box} must be (lat_min, lat_max, lon_min, lon_max) with min < max")
+        return self
+
+
 class DataConfig(_Section):
     """The Zarr store and the windows read from it."""
 
@@ -156,6 +172,8 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """The network: the UNet backbone and, for diffusion, the number of cosine-schedule steps T."""
+
     kind: Literal["deterministic", "diffusion"] = "diffusion"
     base_dims: int = Field(64, ge=4)
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 4])
@@ -165,6 +183,9 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     timesteps: int = Field(200, ge=2, description="diffusion steps T of the cosine schedule")
     attention_heads: int = Field(4, ge=1, description="heads of the self-attention at attention_levels")
+    eps_output: Literal["preconditioned", "direct"] = Field(
+        "preconditioned", description="diffusion network output: eps = sqrt(1-ab) x_t - sqrt(ab) F ('preconditioned',"
+        " stable sampling from the cosine schedule's last step) or eps = F ('direct'); see ddpm_convection.py")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -180,6 +201,8 @@ class ModelConfig(_Section):
 
 
 class SamplerConfig(_Section):
+    """How ensemble members are drawn from a trained diffusion model."""
+
     name: Literal["ddpm", "ddim", "dpmpp"] = "dpmpp"
     steps: int | None = Field(20, ge=1, description="None = all T steps (only meaningful for ddpm)")
     member_batch_size: int = Field(10, ge=1)
@@ -188,6 +211,8 @@ class SamplerConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """Ray Train: workers, optimiser, checkpoints on storage, fault tolerance."""
+
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(1, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -222,14 +247,20 @@ class TrainConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    """MLflow tracking (rank 0 only; never fatal)."""
+
     tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or a local ./mlruns store")
     experiment: str = "def-ray"
     enabled: bool = True
     http_timeout_s: float = Field(5.0, gt=0, description="per request; an unreachable server is given up quickly")
     http_retries: int = Field(0, ge=0)
+    open_timeout_s: float = Field(30.0, gt=0, description="per request while the driver opens the run (a cold "
+                                                          "server answers its first calls slowly)")
 
 
 class ForecastConfig(_Section):
+    """The ensemble forecast batch job and its products."""
+
     members: int = Field(50, ge=1)
     lead_hours: int = Field(1, ge=1)
     thresholds: list[float] = Field(default_factory=lambda: [20.0, 35.0, 40.0, 50.0])
@@ -254,6 +285,8 @@ class ForecastConfig(_Section):
 
 
 class ServeConfig(_Section):
+    """The Ray Serve HTTP endpoint: replicas, limits, access."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     sampler_replicas: int = Field(2, ge=1)
@@ -291,6 +324,7 @@ class Config(_Section):
     name: str = "def-ray"
     synth: SynthConfig = SynthConfig()
     fetch: FetchConfig = FetchConfig()
+    mrms: MrmsConfig = MrmsConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -350,3 +384,26 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
             node = node.setdefault(p, {})
         node[leaf] = value
     return config_from_dict(raw, str(path))
+
+
+def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Markdown rows `key | default | meaning` for every config key (the reference in docs/config_keys.md)."""
+    rows = []
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, _Section) and ann is not StorageOptions:
+            doc = (ann.__doc__ or "").strip().splitlines()
+            rows.append(f"| **{key}** | | {doc[0] if doc else ''} |")
+            rows += describe(ann, key + ".")
+            continue
+        default = f.default_factory() if f.default_factory is not None else f.default
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json", exclude_defaults=True) or "{}"
+        rows.append(f"| `{key}` | `{default}` | {f.description or ''} |")
+    return rows
+
+
+if __name__ == "__main__":
+    print("| key | default | meaning |\n|---|---|---|")
+    print("\n".join(describe()))

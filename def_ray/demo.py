@@ -32,6 +32,20 @@ def demo_config(out_dir: Path, config_path: str | Path | None = None, quick: boo
     return load_config(config_path or DEMO_CONFIG, overrides)
 
 
+def train_both(cfg: Config):
+    """Train the deterministic UNet (run `<run_name>-deterministic`) and the config's diffusion model."""
+    from def_ray.train.trainer import train
+
+    det_cfg = cfg.model_copy(deep=True)
+    det_cfg.model.kind = "deterministic"
+    det_cfg.train.run_name = f"{cfg.train.run_name}-deterministic"
+    det = train(det_cfg)
+    diff = train(cfg)
+    for name, r in (("deterministic", det), ("diffusion", diff)):
+        print(f"{name}: checkpoint {r.checkpoint_path}; MLflow run {r.mlflow_run_id} at {r.tracking_uri}")
+    return det, diff
+
+
 def _stage(name: str) -> float:
     print(f"\n=== {name}", flush=True)
     return time.perf_counter()
@@ -43,7 +57,6 @@ def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = 
     from def_ray.data.ingest import format_report, ingest
     from def_ray.data.synthetic import write_synthetic_grib
     from def_ray.forecast.batch import run_forecast_job
-    from def_ray.train.trainer import train
     from def_ray.verify.workflow import verify
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -63,13 +76,7 @@ def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = 
     summary["store"] = cfg.data.store
 
     _stage("3/5 train the deterministic UNet and the conditional DDPM (Ray Train)")
-    det_cfg = cfg.model_copy(deep=True)
-    det_cfg.model.kind = "deterministic"
-    det_cfg.train.run_name = f"{cfg.train.run_name}-deterministic"
-    det = train(det_cfg)
-    diff = train(cfg)
-    for name, r in (("deterministic", det), ("diffusion", diff)):
-        print(f"{name}: checkpoint {r.checkpoint_path}; MLflow run {r.mlflow_run_id} at {r.tracking_uri}")
+    det, diff = train_both(cfg)
     summary.update(deterministic_checkpoint=det.checkpoint_path, diffusion_checkpoint=diff.checkpoint_path,
                    mlflow_run_id=diff.mlflow_run_id, tracking_uri=diff.tracking_uri)
 
