@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from def_ray.config import Config, ConfigError
+from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import forecasters as fcs
 from def_ray.verify.calibration import reliability_against_truth
@@ -35,10 +36,6 @@ class VerifyResult:
 
     def __str__(self) -> str:
         return f"verification report: {self.paths['markdown']}"
-
-
-def _storage_options(url: str, opts: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(opts) if "://" in url and not url.startswith("file://") else {}
 
 
 def build_forecasters(cfg: Config, store: ZarrStore, models: Mapping[str, str], members: int,
@@ -61,7 +58,7 @@ def build_forecasters(cfg: Config, store: ZarrStore, models: Mapping[str, str], 
     for name, path in models.items():
         table[name] = fcs.model_forecaster(path, store, variable, lead_steps, members, cfg.forecast.sampler,
                                            seed=cfg.forecast.seed,
-                                           storage_options=_storage_options(path, cfg.train.storage.to_fsspec()))
+                                           storage_options=resolve_storage_options(path, cfg.train.storage.to_fsspec()))
     return table
 
 
@@ -107,7 +104,7 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
            synth_truth: bool = False, mlflow_run_id: str | None = None,
            progress: bool = True) -> VerifyResult:
     v = cfg.verify
-    store = ZarrStore(cfg.data.store, _storage_options(cfg.data.store, cfg.data.storage.to_fsspec()))
+    store = ZarrStore(cfg.data.store, resolve_storage_options(cfg.data.store, cfg.data.storage.to_fsspec()))
     variable = cfg.data.target_variables[0]
     members = v.members or cfg.forecast.members
     thresholds = list(v.thresholds or cfg.forecast.thresholds)

@@ -1,0 +1,298 @@
+"""Ray Data streams of training windows read from a def_ray Zarr store (local path or s3://).
+
+`prepare_windows(data_cfg)` opens the store once on the driver, splits its committed steps by time
+(def_ray.data.windows) and computes the normalisation statistics from the frames of the TRAIN windows only.
+`WindowData.dataset(split, ...)` then gives a lazy `ray.data.Dataset` (a custom Datasource; Ray's read_zarr
+refuses zarr 3) whose read tasks each cover a run of consecutive windows and read its time range once per
+variable, so reading is parallel and streaming: a task holds at most about `block_bytes` of frames, and nothing
+reads the whole store.
+
+Rows: ``cond`` float32 (n_past * n_vars [+ static], h, w), frames oldest -> newest, each with all variables in
+config order, then the static fields; ``target`` float32 (n_targets, h, w); ``time`` int64, valid time of the
+target in seconds since 1970.  Values are normalised ((x - mean) / std per variable); NaN (missing) becomes 0.
+
+Training datasets are shuffled (task order and rows within a block; the trainer adds a local shuffle buffer) and
+cropped at random; both draw from ``numpy.random.default_rng((seed, pass, task))`` where `pass` counts how often
+this dataset object has been planned, i.e. once per epoch of iteration.  A restarted worker group re-plans from
+pass 0, so its crops repeat those of the first epochs: random, reproducible, but not tied to the epoch number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import ray.data
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from def_ray.data.windows import Splits, WindowError, frame_offsets, split_windows, window_times
+from def_ray.data.zarr_store import StoreError, ZarrStore
+
+if TYPE_CHECKING:
+    from def_ray.config import DataConfig
+
+__all__ = ["WindowSpec", "WindowReader", "WindowData", "WindowDatasource", "prepare_windows",
+           "resolve_storage_options"]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Everything a read task needs; small and picklable (the store handle re-opens lazily)."""
+
+    url: str
+    storage_options: dict[str, Any]
+    variables: tuple[str, ...]
+    target_variables: tuple[str, ...]
+    n_past: int
+    dt_steps: int
+    mean: np.ndarray  # (n_vars,)
+    std: np.ndarray  # (n_vars,)
+    times: np.ndarray  # int64 seconds of every store index
+    shape: tuple[int, int]  # (ny, nx)
+    static: np.ndarray | None = None  # (n_static, ny, nx) already normalised
+
+    @property
+    def cond_channels(self) -> int:
+        return self.n_past * len(self.variables) + (0 if self.static is None else self.static.shape[0])
+
+    @property
+    def target_channels(self) -> int:
+        return len(self.target_variables)
+
+    def bytes_per_window(self, crop: int | None) -> int:
+        h, w = (crop, crop) if crop else self.shape
+        return 4 * h * w * (self.cond_channels + self.target_channels)
+
+
+class WindowReader:
+    """Reads normalised windows from the store; used by the read tasks and by plain (non-Ray) loops."""
+
+    def __init__(self, spec: WindowSpec):
+        self.spec = spec
+        self.store = ZarrStore(spec.url, spec.storage_options)
+        self._offsets = frame_offsets(spec.n_past, spec.dt_steps)
+
+    def _norm(self, raw: np.ndarray, k: int) -> np.ndarray:
+        out = (raw - self.spec.mean[k]) / self.spec.std[k]
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+
+    def read_block(self, starts: Sequence[int], region: tuple[int, int, int, int] | None = None,
+                   crop: int | None = None, crops: Sequence[tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
+        """Windows at `starts` from ONE read per variable of their time range inside `region` (y0, x0, h, w;
+        None = the whole grid).  With `crop`, window i is the crop x crop square at crops[i] inside the region."""
+        s = self.spec
+        starts = np.asarray(starts, dtype=np.int64)
+        need = window_times(starts, s.n_past, s.dt_steps)
+        lo, hi = int(need[0]), int(need[-1]) + 1
+        ry, rx, rh, rw = region if region is not None else (0, 0, *s.shape)
+        if crop is not None and (crops is None or len(crops) != len(starts)):
+            raise ValueError("a cropped read needs one (y0, x0) per window")
+        frames = [self._norm(self.store.read(v, slice(lo, hi), slice(ry, ry + rh), slice(rx, rx + rw)), k)
+                  for k, v in enumerate(s.variables)]
+        target_k = [s.variables.index(v) for v in s.target_variables]
+        conds, targets = [], []
+        for i, st in enumerate(starts):
+            rel = st - lo + self._offsets
+            cy, cx = crops[i] if crop is not None else (0, 0)
+            h, w = (crop, crop) if crop is not None else (rh, rw)
+            local = (slice(cy, cy + h), slice(cx, cx + w))
+            cond = np.stack([f[(rel[:-1], *local)] for f in frames], axis=1)  # (n_past, n_vars, h, w)
+            cond = cond.reshape(-1, h, w)
+            if s.static is not None:
+                cond = np.concatenate([cond, s.static[:, ry + cy:ry + cy + h, rx + cx:rx + cx + w]], axis=0)
+            conds.append(cond)
+            targets.append(np.stack([frames[k][(rel[-1], *local)] for k in target_k], axis=0))
+        return {"cond": np.stack(conds), "target": np.stack(targets),
+                "time": s.times[starts + int(self._offsets[-1])].astype(np.int64)}
+
+    def read(self, starts: Sequence[int], crops: Sequence[tuple[int, int]] | None = None,
+             crop: int | None = None) -> dict[str, np.ndarray]:
+        """Windows at `starts`, in that order; with `crop`, window i is the square at crops[i] = (y0, x0) of the
+        grid.  Full-frame windows close in time share their reads."""
+        starts = np.asarray(starts, dtype=np.int64)
+        if crop is not None:
+            if crops is None or len(crops) != len(starts):
+                raise ValueError("a cropped read needs one (y0, x0) per window")
+            parts = [self.read_block([st], (int(y0), int(x0), crop, crop), crop, [(0, 0)])
+                     for st, (y0, x0) in zip(starts, crops)]
+            order = np.arange(len(starts))
+        else:
+            order = np.argsort(starts, kind="stable")
+            parts = [self.read_block(run) for run in _runs(starts[order], int(self._offsets[-1]) + 1)]
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in ("cond", "target", "time")}
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return {k: v[back] for k, v in merged.items()}
+
+    def random_crops(self, rng: np.random.Generator, n: int, crop: int,
+                     region: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+        """n random (y0, x0) of a crop inside a region of shape `region` (default the grid)."""
+        ny, nx = region if region is not None else self.spec.shape
+        return list(zip(rng.integers(0, ny - crop + 1, n).tolist(), rng.integers(0, nx - crop + 1, n).tolist()))
+
+
+def _runs(sorted_starts: np.ndarray, span: int, max_len: int | None = None) -> list[np.ndarray]:
+    """Split ascending starts where windows stop overlapping (a gap of `span` or more) or a run reaches max_len."""
+    if sorted_starts.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(sorted_starts) >= span) + 1
+    runs = np.split(sorted_starts, cuts)
+    if max_len:
+        runs = [r[i:i + max_len] for r in runs for i in range(0, len(r), max_len)]
+    return runs
+
+
+def _read_task_fn(spec: WindowSpec, starts: np.ndarray, crop: int | None, region_edge: int | None,
+                  shuffle: bool, seed: tuple[int, ...]):
+    def read() -> list:
+        reader = WindowReader(spec)
+        rng = np.random.default_rng(seed)
+        region, crops = None, None
+        if crop is not None:
+            ny, nx = spec.shape
+            rh, rw = min(region_edge, ny), min(region_edge, nx)
+            region = (int(rng.integers(0, ny - rh + 1)), int(rng.integers(0, nx - rw + 1)), rh, rw)
+            crops = reader.random_crops(rng, len(starts), crop, (rh, rw))
+        batch = reader.read_block(starts, region, crop, crops)
+        if shuffle:
+            perm = rng.permutation(len(starts))
+            batch = {k: v[perm] for k, v in batch.items()}
+        return [BlockAccessor.batch_to_block(batch)]
+
+    return read
+
+
+class WindowDatasource(Datasource):
+    """Read tasks over runs of consecutive windows: each task reads its time range once per variable.
+
+    Full frames: the task reads the whole grid.  Crops: the task reads one random region of edge
+    `region_factor * crop` (at most the grid) and cuts every window's crop at its own random place inside it, so
+    reads stay few and large while crops still vary.  Shuffling permutes the tasks and the rows of each block;
+    the trainer's local shuffle buffer mixes blocks further.
+    """
+
+    MIN_WINDOWS_PER_TASK = 16
+    MAX_WINDOWS_PER_TASK = 64
+
+    def __init__(self, spec: WindowSpec, starts: np.ndarray, *, crop: int | None, shuffle: bool, seed: int,
+                 block_bytes: int = 64 * 2**20, region_factor: int = 2):
+        super().__init__()
+        self.spec, self.starts, self.crop, self.shuffle, self.seed = spec, np.sort(starts), crop, shuffle, seed
+        self.region_edge = region_factor * crop if crop is not None else None
+        ny, nx = spec.shape
+        area = ny * nx if crop is None else min(self.region_edge, ny) * min(self.region_edge, nx)
+        frame_bytes = 4 * area * len(spec.variables)
+        span = spec.n_past * spec.dt_steps + 1
+        self.per_task = int(np.clip(block_bytes // frame_bytes - (span - 1), 1, self.MAX_WINDOWS_PER_TASK))
+        self._passes = 0
+
+    def estimate_inmemory_data_size(self) -> int:
+        return len(self.starts) * self.spec.bytes_per_window(self.crop)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        p = self._passes
+        self._passes += 1
+        n = len(self.starts)
+        # enough tasks to read in parallel, but not so many that per-task overhead dominates
+        want = min(max(parallelism, 1), max(1, n // self.MIN_WINDOWS_PER_TASK))
+        per_task = max(1, min(self.per_task, -(-n // want)))
+        runs = _runs(self.starts, self.spec.n_past * self.spec.dt_steps + 1, per_task)
+        order = np.random.default_rng((self.seed, p)).permutation(len(runs)) if self.shuffle else range(len(runs))
+        tasks = []
+        for i in order:
+            group = runs[i]
+            meta = BlockMetadata(num_rows=int(group.size),
+                                 size_bytes=int(group.size) * self.spec.bytes_per_window(self.crop),
+                                 exec_stats=None, input_files=None)
+            fn = _read_task_fn(self.spec, group, self.crop, self.region_edge, self.shuffle, (self.seed, p, int(i)))
+            tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+    def get_name(self) -> str:
+        return "ZarrWindows"
+
+
+@dataclass
+class WindowData:
+    """The splits of one store and the normalisation learned from its train split."""
+
+    spec: WindowSpec
+    splits: Splits
+    stats: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def n_windows(self, split: str) -> int:
+        return int(self.splits[split].size)
+
+    def dataset(self, split: str, *, crop: int | None = None, shuffle: bool = False, seed: int = 0,
+                limit: int | None = None, block_bytes: int = 64 * 2**20) -> ray.data.Dataset:
+        """Lazy dataset of the windows of `split` (optionally only the first `limit` of them, in time order)."""
+        starts = self.splits[split]
+        if limit is not None:
+            starts = starts[:limit]
+        if starts.size == 0:
+            raise WindowError(f"split {split!r} has no windows")
+        ny, nx = self.spec.shape
+        if crop is not None and crop > min(ny, nx):
+            raise WindowError(f"data.crop={crop} is larger than the store's grid {ny} x {nx}")
+        ds = WindowDatasource(self.spec, starts, crop=crop, shuffle=shuffle, seed=seed, block_bytes=block_bytes)
+        return ray.data.read_datasource(ds)
+
+
+def _static_fields(store: ZarrStore, names: Sequence[str]) -> np.ndarray | None:
+    if not names:
+        return None
+    lat, lon = store.latlon()
+    out = []
+    for name in names:
+        a = (lat if name == "latitude" else lon).astype(np.float64)
+        out.append((a - a.mean()) / (a.std() or 1.0))
+    return np.stack(out).astype(np.float32)
+
+
+def resolve_storage_options(url: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """fsspec options for `url`: the given ones for remote URLs, none for local paths.
+
+    Credentials never travel in options (they would sit in Ray task specs and logs): Ray processes take them from
+    their own environment or instance role, so start Ray after setting AWS_* (the test fixtures do).
+    """
+    return dict(options) if "://" in url and not url.startswith("file://") else {}
+
+
+def prepare_windows(data_cfg: DataConfig, storage_options: Mapping[str, Any] | None = None) -> WindowData:
+    """Open the store of `data_cfg`, split its windows and learn the normalisation (train split only).
+
+    Errors name the config key at fault (data.store, data.variables, data.crop, data.val_fraction ...).
+    """
+    opts = resolve_storage_options(
+        data_cfg.store, storage_options if storage_options is not None else data_cfg.storage.to_fsspec())
+    store = ZarrStore(data_cfg.store, opts)
+    try:
+        have = store.variables
+    except StoreError as err:
+        raise WindowError(f"data.store: {err}") from None
+    missing = [v for v in data_cfg.variables if v not in have]
+    if missing:
+        raise WindowError(f"data.variables: {missing} not in the store {data_cfg.store} (it has {have})")
+    ny, nx = store.shape[1:]
+    if data_cfg.crop is not None and data_cfg.crop > min(ny, nx):
+        raise WindowError(f"data.crop={data_cfg.crop} is larger than the store's grid {ny} x {nx}")
+    try:
+        splits = split_windows(store.committed_mask(), data_cfg.n_past, data_cfg.dt_steps, data_cfg.val_fraction,
+                               data_cfg.test_fraction, data_cfg.gap)
+    except WindowError as err:
+        raise WindowError(f"data (store {data_cfg.store}): {err}") from None
+    train_times = window_times(splits.train, data_cfg.n_past, data_cfg.dt_steps)
+    all_stats = store.stats(train_times.tolist())
+    stats = {v: (all_stats[v].mean, all_stats[v].std) for v in data_cfg.variables}
+    spec = WindowSpec(
+        url=store.url, storage_options=opts, variables=tuple(data_cfg.variables),
+        target_variables=tuple(data_cfg.target_variables), n_past=data_cfg.n_past, dt_steps=data_cfg.dt_steps,
+        mean=np.array([stats[v][0] for v in data_cfg.variables], dtype=np.float32),
+        std=np.array([stats[v][1] for v in data_cfg.variables], dtype=np.float32),
+        times=store.group["time"][:].astype(np.int64), shape=(ny, nx),
+        static=_static_fields(store, data_cfg.static_fields))
+    return WindowData(spec=spec, splits=splits, stats=stats)
