@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from def_ray.models import build_model
+from def_ray.models.diffusion.samplers import lead_seed
+from def_ray.models.rollout import rollout
+from tests.models.helpers import tiny_cfg
+
+N_PAST, N_VARS, N_STATIC, H, W = 2, 3, 1, 9, 10
+TARGET_IDX = [2, 0]  # the model's two target channels are frame variables 2 and 0
+
+
+def _cond():
+    return torch.randn(1, N_PAST * N_VARS + N_STATIC, H, W, generator=torch.Generator().manual_seed(0))
+
+
+def _advance(cond, new):
+    """Expected conditioning of the next lead step, written out by hand for these sizes."""
+    cond = cond.expand(new.shape[0], -1, -1, -1)
+    newest = cond[:, N_VARS:2 * N_VARS].clone()
+    newest[:, 2], newest[:, 0] = new[:, 0], new[:, 1]
+    return torch.cat([cond[:, N_VARS:2 * N_VARS], newest, cond[:, -N_STATIC:]], dim=1)
+
+
+def test_diffusion_rollout_feeds_each_member_its_own_step():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(timesteps=10), N_PAST * N_VARS + N_STATIC, 2).eval()
+    kw = dict(sampler="dpmpp", steps=2, member_batch_size=2)
+    out = rollout(model, _cond(), 3, N_VARS, TARGET_IDX, members=3, n_static=N_STATIC, seed=5, **kw)
+    assert out.shape == (3, 3, 2, H, W)
+    # lead 0 is model.sample; later leads sample from the advanced conditioning with the lead's seed
+    lead0 = model.sample(_cond(), 3, seed=5, **kw)
+    assert torch.equal(out[:, 0], lead0)
+    cond1 = _advance(_cond(), lead0)
+    assert torch.equal(out[:, 1], model.sample(cond1, 3, seed=lead_seed(5, 1), **kw))
+    cond2 = _advance(cond1, out[:, 1])
+    assert torch.equal(out[:, 2], model.sample(cond2, 3, seed=lead_seed(5, 2), **kw))
+    assert not torch.equal(out[0, 1], out[1, 1])
+
+
+def test_deterministic_rollout_is_one_member():
+    model = build_model(tiny_cfg(kind="deterministic"), N_PAST * N_VARS + N_STATIC, 2)
+    out = rollout(model, _cond()[0], 2, N_VARS, TARGET_IDX, n_static=N_STATIC, sampler="dpmpp", seed=3)
+    assert out.shape == (1, 2, 2, H, W)
+    lead0 = model.predict(_cond())
+    torch.testing.assert_close(out[:, 1], model.predict(_advance(_cond(), lead0)))
+    with pytest.raises(ValueError, match="1 member"):
+        rollout(model, _cond(), 2, N_VARS, TARGET_IDX, members=4, n_static=N_STATIC)
+
+
+def test_rollout_refuses_inconsistent_channels():
+    model = build_model(tiny_cfg(kind="deterministic"), N_PAST * N_VARS + N_STATIC, 2)
+    with pytest.raises(ValueError, match="n_past"):
+        rollout(model, _cond(), 2, N_VARS, TARGET_IDX)  # static channel not declared: 7 is not 2 * 3
+    with pytest.raises(ValueError, match="target_idx"):
+        rollout(model, _cond(), 2, N_VARS, [0, 3], n_static=N_STATIC)
+    with pytest.raises(ValueError, match="lead_steps"):
+        rollout(model, _cond(), 0, N_VARS, TARGET_IDX, n_static=N_STATIC)
