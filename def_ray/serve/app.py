@@ -1,0 +1,452 @@
+"""The Ray Serve app: a FastAPI ingress that fans ensemble members out to EnsembleSampler replicas.
+
+    POST /forecast   JSON in (schema.ForecastRequest); summary JSON or a NetCDF-4 file out
+    GET  /healthz    liveness of the ingress (the sampler replicas check themselves with a tiny forward pass)
+    GET  /docs       OpenAPI UI (schema at /openapi.json)
+
+ForecastIngress validates the request, builds the normalised conditioning (from the store at `init_time`, or
+from inline frames), splits the members into at most one contiguous range per sampler replica (ranges start on
+multiples of the member batch size, as the batch job's chunks do) and calls ``EnsembleSampler.sample`` through a
+deployment handle for each range with its ``member_offset``, so the members are those of the batch job for the
+same seed; then it combines them and computes the products.
+
+Overload: every deployment has max_ongoing_requests / max_queued_requests (serve config), so Serve answers 503
+instead of queueing without bound; a sampler refusing a range makes the ingress answer 503 as well.  A request
+not done within serve.request_timeout_s answers 504 and cancels its sampler calls; a cancelled call stops at the
+next network evaluation (a forward pre-hook checks a per-call flag).  With the environment variable named by
+serve.api_key_env set when the app is built, requests other than /healthz and /docs need the key (header
+X-API-Key or `Authorization: Bearer KEY`) and get 401 without it; bodies over serve.max_body_bytes get 413.
+
+Deploy: `def-ray serve --config CFG --model CKPT` (run_serve), or `serve run/deploy cluster/serve_config.yaml`
+(import path def_ray.serve.app:build_app, args: config, model).
+"""
+
+# no `from __future__ import annotations` here: FastAPI must see the real ForecastRequest annotation through the
+# signature Serve rewrites for the ingress methods
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+
+from def_ray.config import Config, config_from_dict, load_config
+from def_ray.forecast.ensemble import ForecastError, Normalisation, sample_members
+from def_ray.serve.schema import ForecastRequest, RequestProblem, index_box
+
+__all__ = ["EnsembleSampler", "ForecastIngress", "forecast_app", "build_app", "run_serve", "SamplingCancelled"]
+
+PUBLIC_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+
+
+# -- the sampler deployment -----------------------------------------------------------------------------------------
+
+
+class SamplingCancelled(RuntimeError):
+    """Raised inside a sampling thread whose request was cancelled."""
+
+
+_call = threading.local()
+
+
+def _cancel_hook(module: Any, args: Any) -> None:
+    flag = getattr(_call, "cancel", None)
+    if flag is not None and flag.is_set():
+        raise SamplingCancelled("the request was cancelled")
+
+
+def _run_cancellable(flag: threading.Event, fn: Any) -> Any:
+    _call.cancel = flag
+    try:
+        return fn()
+    finally:
+        _call.cancel = None
+
+
+@serve.deployment(name="EnsembleSampler", health_check_period_s=10, health_check_timeout_s=60,
+                  graceful_shutdown_timeout_s=20)
+class EnsembleSampler:
+    """Holds the model once per replica and samples member ranges (physical units)."""
+
+    def __init__(self, model_path: str, storage_options: Mapping[str, Any] | None = None, threads: int = 1,
+                 max_concurrent: int = 4):
+        import torch
+
+        from def_ray.forecast.ensemble import load_forecast_model
+
+        torch.set_num_threads(max(1, int(threads)))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.fm = load_forecast_model(model_path, storage_options, map_location=device)
+        self.fm.model.register_forward_pre_hook(_cancel_hook)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, max_concurrent), thread_name_prefix="sample")
+        self.check_health()
+
+    async def sample(self, cond: np.ndarray, members: int, lead_steps: int, norm: Normalisation,
+                     member_offset: int, kwargs: Mapping[str, Any]) -> np.ndarray:
+        flag = threading.Event()
+        job = partial(sample_members, self.fm, cond, members, lead_steps, norm, member_offset=member_offset,
+                      **kwargs)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, _run_cancellable, flag, job)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            flag.set()  # the sampling thread stops at its next network evaluation
+            raise
+
+    def check_health(self) -> None:
+        """A tiny forward pass of the network (raises if it fails or returns non-finite values)."""
+        import torch
+
+        m = self.fm.model
+        side = 2 ** len(self.fm.config.model.channel_mults)
+        device = next(m.parameters()).device
+        with torch.no_grad():
+            x = torch.zeros(1, m.target_channels, side, side, device=device)
+            c = torch.zeros(1, m.cond_channels, side, side, device=device)
+            eps = m.predict(c) if m.kind == "deterministic" else m(x, torch.tensor(0, device=device), c)
+        if not torch.isfinite(eps).all():
+            raise RuntimeError("the network returns non-finite values")
+
+
+# -- the HTTP ingress -----------------------------------------------------------------------------------------------
+
+api = FastAPI(title="def_ray ensemble forecasts",
+              description="Probabilistic convection forecasts from a conditional diffusion model: ensembles sampled "
+                          "across Ray Serve replicas, returned as probabilities and quantiles or as a NetCDF file.",
+              version="1")
+
+
+# set by the ingress replica (one per process); Serve runs a copy of `api`, so app.state would not reach it
+_GUARD: dict[str, Any] = {}
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class _Guard:
+    """ASGI middleware: the API key (checked before the body is read), then Starlette's body size limit (413)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        expected = _GUARD.get("api_key_hash")
+        if expected and not scope["path"].rstrip("/").endswith(PUBLIC_PATHS):
+            given = headers.get("x-api-key") or ""
+            auth = headers.get("authorization", "")
+            if not given and auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            if not given or not hmac.compare_digest(_key_hash(given), expected):
+                return await _send_json(send, 401, {"detail": "missing or wrong API key (header X-API-Key or "
+                                                              "Authorization: Bearer)", "field": "X-API-Key"},
+                                        {"www-authenticate": "Bearer"})
+        limit = _GUARD.get("max_body_bytes")
+        if limit is None:
+            return await self.app(scope, receive, send)
+        await RequestBodyLimitMiddleware(self.app, int(limit))(scope, receive, send)
+
+
+async def _send_json(send: Any, status: int, body: dict, headers: Mapping[str, str] | None = None) -> None:
+    data = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": data})
+
+
+api.add_middleware(_Guard)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        problems.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}")
+    first = exc.errors()[0] if exc.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return JSONResponse(status_code=422, content={"detail": "; ".join(problems), "field": field,
+                                                  "errors": jsonable_encoder(exc.errors(), custom_encoder={
+                                                      Exception: str})})
+
+
+def _problem(p: RequestProblem) -> JSONResponse:
+    return JSONResponse(status_code=p.status, content={"detail": p.message, "field": p.field})
+
+
+def _split(members: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """Contiguous (member_offset, count) ranges, at most one per part, starting on multiples of `align` (the member
+    batch size): each network batch then holds the same members as in the batch job, which keeps results
+    bit-identical even where kernels depend on the batch shape (cuDNN)."""
+    from def_ray.forecast.batch import member_chunks
+
+    chunks = member_chunks(members, max(1, align))
+    groups = np.array_split(np.arange(len(chunks)), max(1, min(parts, len(chunks))))
+    return [(chunks[g[0]][0], sum(chunks[i][1] for i in g)) for g in groups if g.size]
+
+
+def _cropped_projection(projection: Mapping[str, Any], y0: int, x0: int, ny: int, nx: int) -> dict:
+    from def_ray.data.grid import LambertGrid
+
+    names = LambertGrid.__dataclass_fields__.keys()
+    if not all(k in projection for k in names):
+        return {}
+    return LambertGrid(**{k: projection[k] for k in names}).crop(y0, x0, ny, nx).attrs()
+
+
+def _json_array(a: np.ndarray) -> list:
+    """Nested lists of floats; non-finite values (a diverging sample) become null, as JSON has no inf or NaN."""
+    a = np.asarray(a)
+    if np.isfinite(a).all():
+        return a.astype(float).tolist()
+    out = a.astype(object)
+    out[~np.isfinite(a)] = None
+    return out.tolist()
+
+
+def _summary(ds: Any, plan: Mapping[str, Any], body: ForecastRequest, box: tuple[int, int, int, int]) -> dict:
+    """The JSON answer: per variable probability (threshold, lead, y, x), mean, spread, quantiles."""
+    out: dict[str, Any] = {
+        "init_time": ds.attrs["init_time"] if body.init_time is not None else None,
+        "lead_hours": (ds["lead_time"].values / np.timedelta64(1, "h")).tolist(),
+        "valid_time": [str(t) for t in ds["time"].values.astype("datetime64[s]")] if body.init_time else None,
+        "members": plan["members"], "seed": body.seed, "sampler": plan["kwargs"]["sampler"],
+        "steps": int(ds.attrs["steps"]), "thresholds": list(plan["thresholds"]), "quantiles": list(plan["quantiles"]),
+        "bbox": dict(zip(("y0", "y1", "x0", "x1"), box)), "shape": [int(ds.sizes["lead_time"]),
+                                                                   int(ds.sizes["y"]), int(ds.sizes["x"])],
+        "checkpoint": ds.attrs["checkpoint"], "variables": {},
+    }
+    if "latitude" in ds.coords:
+        out["latitude"] = ds["latitude"].values.astype(float).tolist()
+        out["longitude"] = ds["longitude"].values.astype(float).tolist()
+    for v in plan["variables"]:
+        out["variables"][v] = {
+            "units": ds[v].attrs.get("units", ""),
+            "non_finite_values": int((~np.isfinite(ds[v].values)).sum()),
+            "probability": _json_array(ds[f"{v}_probability"].values),
+            "mean": _json_array(ds[f"{v}_mean"].values),
+            "spread": _json_array(ds[f"{v}_spread"].values),
+            "quantiles": _json_array(ds[f"{v}_quantile"].values),
+        }
+    return out
+
+
+@serve.deployment(name="ForecastIngress")
+@serve.ingress(api)
+class ForecastIngress:
+    """Validates, builds the conditioning, fans members out to EnsembleSampler, combines and summarises."""
+
+    def __init__(self, sampler: Any, config: dict, model_path: str, model_options: Mapping[str, Any] | None = None,
+                 api_key_hash: str | None = None):
+        from def_ray.data.ray_dataset import resolve_storage_options
+        from def_ray.data.zarr_store import ZarrStore
+        from def_ray.forecast.ensemble import load_forecast_model, model_step_seconds, normalisation_for
+
+        self.sampler = sampler
+        self.cfg: Config = config_from_dict(config, "serve app config")
+        self.fm = load_forecast_model(model_path, model_options)
+        store = ZarrStore(self.cfg.data.store,
+                          resolve_storage_options(self.cfg.data.store, self.cfg.data.storage.to_fsspec()))
+        self.store = store if store.exists() else None
+        self.norm = normalisation_for(self.fm, self.store)
+        self.step_s = model_step_seconds(self.fm.config, self.store)
+        self.latlon = self.store.latlon() if self.store is not None else None
+        # Serve ships this class by value (globals copied); the middleware reads the real module's _GUARD
+        import def_ray.serve.app as this_module
+
+        this_module._GUARD.update(api_key_hash=api_key_hash, max_body_bytes=self.cfg.serve.max_body_bytes)
+
+    # -- endpoints -----------------------------------------------------------------------------------------------
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "model": self.fm.path, "targets": self.fm.targets,
+                "sampler_replicas": self.cfg.serve.sampler_replicas, "store": self.store is not None}
+
+    @api.post("/forecast", responses={
+        200: {"description": "summary JSON, or a NetCDF-4 file (application/x-netcdf) with output=netcdf"},
+        401: {"description": "API key missing or wrong"}, 413: {"description": "body too large"},
+        422: {"description": "invalid request; `field` names the input at fault"},
+        503: {"description": "overloaded, try again later"}, 504: {"description": "request timed out"}})
+    async def forecast(self, body: ForecastRequest) -> Any:
+        started = time.monotonic()
+        try:
+            plan = self._plan(body)
+            cond = await asyncio.to_thread(self._conditioning, body)
+            plan["box"] = index_box(body.bbox, tuple(cond.shape[-2:]), *self._latlon_for(cond.shape[-2:]))
+        except RequestProblem as p:
+            return _problem(p)
+        except ForecastError as err:
+            return _problem(RequestProblem(err.field or "body", str(err)))
+        remaining = self.cfg.serve.request_timeout_s - (time.monotonic() - started)
+        ranges = _split(plan["members"], self.cfg.serve.sampler_replicas, plan["kwargs"]["member_batch_size"])
+        calls = [self.sampler.sample.remote(cond, count, plan["lead_steps"], self.norm, offset, plan["kwargs"])
+                 for offset, count in ranges]
+        try:
+            parts = await asyncio.wait_for(asyncio.gather(*calls), timeout=max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            for c in calls:
+                c.cancel()
+            return JSONResponse(status_code=504, content={
+                "detail": f"not done within serve.request_timeout_s={self.cfg.serve.request_timeout_s} s; its "
+                          "sampling was cancelled", "field": ""})
+        except BackPressureError as err:
+            for c in calls:
+                c.cancel()
+            return JSONResponse(status_code=503, headers={"Retry-After": "1"},
+                                content={"detail": f"samplers overloaded, try again later ({err})", "field": ""})
+        ens = np.concatenate(parts, axis=0)
+        return await asyncio.to_thread(self._respond, body, plan, ens, cond.shape[-2:])
+
+    # -- steps ---------------------------------------------------------------------------------------------------
+    def _plan(self, body: ForecastRequest) -> dict[str, Any]:
+        from def_ray.forecast.ensemble import lead_steps_for
+        from def_ray.models.diffusion.samplers import resolve_steps
+
+        s, fc, sv = self.cfg.forecast.sampler, self.cfg.forecast, self.cfg.serve
+        members = body.members if body.members is not None else fc.members
+        if members > sv.max_members:
+            raise RequestProblem("members", f"{members} is above serve.max_members={sv.max_members}")
+        if self.fm.model.kind == "deterministic" and members != 1:
+            raise RequestProblem("members", f"{members}: this endpoint serves the deterministic model (1 member)")
+        sampler = body.sampler or s.name
+        steps = body.steps if body.steps is not None else s.steps
+        max_steps = min(sv.max_steps, self.fm.timesteps)
+        try:
+            steps = resolve_steps(sampler, steps, self.fm.timesteps)
+        except ValueError:
+            steps = max_steps + 1
+        if steps > max_steps:
+            raise RequestProblem("steps", f"{body.steps if body.steps is not None else steps} is outside 1.."
+                                          f"{max_steps} (serve.max_steps={sv.max_steps}, model T="
+                                          f"{self.fm.timesteps})")
+        lead_hours = body.lead_hours if body.lead_hours is not None else fc.lead_hours
+        if lead_hours > sv.max_lead_hours:
+            raise RequestProblem("lead_hours", f"{lead_hours} is above serve.max_lead_hours={sv.max_lead_hours}")
+        lead_steps = lead_steps_for(lead_hours, self.step_s)
+        variables = body.variables or self.fm.targets
+        unknown = [v for v in variables if v not in self.fm.targets]
+        if unknown:
+            raise RequestProblem("variables", f"unknown variable(s) {unknown}; this model forecasts "
+                                              f"{self.fm.targets}")
+        kwargs = dict(sampler=sampler, steps=steps, seed=body.seed, member_batch_size=s.member_batch_size,
+                      spread_scale=body.spread_scale if body.spread_scale is not None else s.spread_scale,
+                      eta=body.eta if body.eta is not None else s.eta)
+        return {"members": members, "lead_hours": lead_hours, "lead_steps": lead_steps, "variables": variables,
+                "thresholds": body.thresholds or fc.thresholds, "quantiles": body.quantiles or fc.quantiles,
+                "kwargs": kwargs}
+
+    def _conditioning(self, body: ForecastRequest) -> np.ndarray:
+        from def_ray.forecast.ensemble import conditioning_from_frames, conditioning_from_store
+
+        if body.conditioning is not None:
+            return conditioning_from_frames(self.fm, body.conditioning.to_array(), self.norm, self.store)
+        if self.store is None:
+            raise RequestProblem("init_time", f"no store at data.store={self.cfg.data.store}; send conditioning")
+        return conditioning_from_store(self.fm, self.store, body.init_time, self.norm)
+
+    def _latlon_for(self, grid: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The store's latitude/longitude when the forecast is on the store's grid."""
+        if self.latlon is not None and self.latlon[0].shape == tuple(grid):
+            return self.latlon
+        return None, None
+
+    def _respond(self, body: ForecastRequest, plan: dict[str, Any], ens: np.ndarray, grid: tuple[int, int]) -> Any:
+        from def_ray.forecast.ensemble import build_forecast_dataset, forecast_attrs
+        from def_ray.forecast.writer import netcdf_bytes
+
+        lat, lon = self._latlon_for(grid)
+        y0, y1, x0, x1 = plan["box"]
+        keep = [self.fm.targets.index(v) for v in plan["variables"]]
+        ens = ens[:, :, keep, y0:y1, x0:x1]
+        if lat is not None:
+            lat, lon = lat[y0:y1, x0:x1], lon[y0:y1, x0:x1]
+        init = np.datetime64(body.init_time, "s") if body.init_time is not None else np.datetime64(0, "s")
+        attrs = forecast_attrs(self.fm, self.norm, members=plan["members"], lead_hours=plan["lead_hours"],
+                               store_url=self.store.url if self.store is not None else "", **plan["kwargs"])
+        attrs.update(bbox=[y0, y1, x0, x1], inline_conditioning=int(body.conditioning is not None))
+        projection = self.store.projection if self.store is not None and lat is not None else {}
+        if projection and (y0, y1, x0, x1) != (0, grid[0], 0, grid[1]):
+            projection = _cropped_projection(projection, y0, x0, y1 - y0, x1 - x0)
+        ds = build_forecast_dataset(ens, targets=plan["variables"], init_time=init, step_seconds=self.step_s,
+                                    latitude=lat, longitude=lon, projection=projection,
+                                    thresholds=plan["thresholds"], quantiles=plan["quantiles"], attrs=attrs)
+        if body.output == "netcdf":
+            return Response(content=netcdf_bytes(ds), media_type="application/x-netcdf",
+                            headers={"Content-Disposition": 'attachment; filename="forecast.nc"'})
+        return JSONResponse(content=_summary(ds, plan, body, (y0, y1, x0, x1)))
+
+
+# -- building and running the app -----------------------------------------------------------------------------------
+
+
+def forecast_app(cfg: Config, model_path: str, api_key: str | None = None) -> serve.Application:
+    """The bound app for `cfg` and a checkpoint; the API key defaults to the env var named by serve.api_key_env."""
+    from def_ray.data.ray_dataset import resolve_storage_options
+
+    sv = cfg.serve
+    key = api_key if api_key is not None else os.environ.get(sv.api_key_env) or None
+    opts = resolve_storage_options(model_path, cfg.train.storage.to_fsspec())
+    sampler = EnsembleSampler.options(
+        num_replicas=sv.sampler_replicas, max_ongoing_requests=sv.max_ongoing_requests,
+        max_queued_requests=sv.max_queued_requests,
+        ray_actor_options={"num_cpus": sv.cpus_per_replica, "num_gpus": sv.gpus_per_replica},
+    ).bind(model_path, opts, max(1, int(sv.cpus_per_replica)), sv.max_ongoing_requests)
+    # the ingress admits what all sampler replicas together can hold; beyond that Serve answers 503
+    ingress = ForecastIngress.options(
+        num_replicas=1, max_ongoing_requests=sv.sampler_replicas * sv.max_ongoing_requests,
+        max_queued_requests=sv.sampler_replicas * sv.max_queued_requests,
+        ray_actor_options={"num_cpus": sv.ingress_cpus},
+    )
+    return ingress.bind(sampler, cfg.dump(), model_path, opts, _key_hash(key) if key else None)
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """For `serve run` / `serve deploy`: args {"config": YAML path, "model": checkpoint, "override": {k: v}}."""
+    missing = [k for k in ("config", "model") if k not in args]
+    if missing:
+        raise ValueError(f"def_ray.serve.app:build_app needs args {missing} (config: YAML path, model: checkpoint)")
+    cfg = load_config(args["config"], dict(args.get("override") or {}))
+    return forecast_app(cfg, str(args["model"]))
+
+
+def run_serve(cfg: Config, model_path: str, blocking: bool = True, name: str = "def-ray") -> Any:
+    """Start Serve's HTTP proxy on serve.host:serve.port and deploy the app; with `blocking`, serve until Ctrl-C."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # joins RAY_ADDRESS when set, else a local instance
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port,
+                              # the proxy's own limit stays above the app's, so the app's 504 is what clients see
+                              "request_timeout_s": cfg.serve.request_timeout_s + 10})
+    handle = serve.run(forecast_app(cfg, model_path), name=name, route_prefix=cfg.serve.route_prefix)
+    if not blocking:
+        return handle
+    prefix = cfg.serve.route_prefix.rstrip("/")
+    print(f"serving POST http://{cfg.serve.host}:{cfg.serve.port}{prefix}/forecast "
+          f"(OpenAPI at {prefix}/docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+    return handle

@@ -1,0 +1,1 @@
+"""Plots: forecast maps (maps.py) and verification plots (plots.py)."""
