@@ -82,8 +82,7 @@ def _run_cancellable(flag: threading.Event, fn: Any) -> Any:
 class EnsembleSampler:
     """Holds the model once per replica and samples member ranges (physical units)."""
 
-    def __init__(self, model_path: str, storage_options: Mapping[str, Any] | None = None, threads: int = 1,
-                 max_concurrent: int = 4):
+    def __init__(self, model_path: str, storage_options: Mapping[str, Any] | None = None, threads: int = 1):
         import torch
 
         from def_ray.forecast.ensemble import load_forecast_model
@@ -92,7 +91,10 @@ class EnsembleSampler:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.fm = load_forecast_model(model_path, storage_options, map_location=device)
         self.fm.model.register_forward_pre_hook(_cancel_hook)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, max_concurrent), thread_name_prefix="sample")
+        # one sampling call at a time: the CPU kernel switches that make members independent of their batch
+        # (def_ray.models.unet.batch_invariant) are process-wide, so a second concurrent call could switch them
+        # back under the first one; admitted requests wait here (parallelism comes from replicas)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample")
         self.check_health()
 
     async def sample(self, cond: np.ndarray, members: int, lead_steps: int, norm: Normalisation,
@@ -408,7 +410,7 @@ def forecast_app(cfg: Config, model_path: str, api_key: str | None = None) -> se
         num_replicas=sv.sampler_replicas, max_ongoing_requests=sv.max_ongoing_requests,
         max_queued_requests=sv.max_queued_requests,
         ray_actor_options={"num_cpus": sv.cpus_per_replica, "num_gpus": sv.gpus_per_replica},
-    ).bind(model_path, opts, max(1, int(sv.cpus_per_replica)), sv.max_ongoing_requests)
+    ).bind(model_path, opts, max(1, int(sv.cpus_per_replica)))
     # the ingress admits what all sampler replicas together can hold; beyond that Serve answers 503
     ingress = ForecastIngress.options(
         num_replicas=1, max_ongoing_requests=sv.sampler_replicas * sv.max_ongoing_requests,

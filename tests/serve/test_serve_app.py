@@ -103,6 +103,22 @@ def test_summary_equals_the_batch_job(setup):
     assert ((prob > 0) & (prob < 1)).any()
 
 
+def test_concurrent_requests_give_the_batch_members(setup):
+    # 4 requests at once = 8 member ranges on 2 replicas: each replica holds several calls at the same time, and
+    # every answer must still be the batch job's ensemble to the bit
+    gate = threading.Barrier(4)
+
+    def fire(_):
+        gate.wait()
+        return _post(setup, _request(setup, output="netcdf"))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(fire, range(4)))
+    for a in answers:
+        assert a.status_code == 200, a.text
+        np.testing.assert_array_equal(_nc(a.content, setup["root"])["refc"].values, setup["batch"]["refc"].values)
+
+
 def test_netcdf_output_with_bbox_is_the_batch_forecast_cropped(setup):
     r = _post(setup, _request(setup, output="netcdf", bbox={"y0": 2, "y1": 10, "x0": 4, "x1": 12}))
     assert r.status_code == 200, r.text
