@@ -1,6 +1,6 @@
 """Ensemble sampling: ancestral DDPM (all T steps) vs DPM-Solver++ (20 steps); batched vs one-at-a-time members.
 
-    python benchmarks/bench_sampling.py [--train-steps 800] [--members 50] [--cases 6] [--threads 2]
+    python benchmarks/bench_sampling.py [--train-steps 800] [--members 50] [--cases 6] [--threads 1] [--gpu]
 
 One process, one trained tiny model. The model is a real ConvectionDDPM (base 16, 2 levels, attention at the
 coarse one, T = 200) trained for a short while on data with a known answer, x = f(c) + SIG z per pixel
@@ -171,12 +171,13 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=800)
     p.add_argument("--members", type=int, default=50)
     p.add_argument("--cases", type=int, default=6)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads; 1 (as a 1-CPU Ray worker) keeps timings stable on a busy machine, "
+                        "where 2 OpenMP threads on 2 shared cores made some runs 10x slower")
     p.add_argument("--gpu", action="store_true", help="also run the CUDA measurements")
     p.add_argument("--gpu-only", action="store_true")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.gpu_only:
         cpu_section(args)
