@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,10 @@ from typing import Any
 import xarray as xr
 
 __all__ = ["write_forecast", "open_forecast", "netcdf_bytes", "output_format"]
+
+# the HDF5 library under netCDF4 is not thread-safe: one NetCDF write at a time per process (the Serve ingress
+# answers several requests from threads)
+_NETCDF_LOCK = threading.Lock()
 
 _FORMATS = {".zarr": "zarr", ".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf"}
 
@@ -46,7 +51,8 @@ def netcdf_bytes(ds: xr.Dataset) -> bytes:
     """The Dataset as the bytes of a NetCDF-4 file."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "forecast.nc"
-        ds.to_netcdf(path, engine="netcdf4")
+        with _NETCDF_LOCK:
+            ds.to_netcdf(path, engine="netcdf4")
         return path.read_bytes()
 
 
@@ -73,7 +79,8 @@ def write_forecast(ds: xr.Dataset, path: str, storage_options: Mapping[str, Any]
         if fmt == "zarr":
             ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(ds))
         else:
-            ds.to_netcdf(tmp, engine="netcdf4")
+            with _NETCDF_LOCK:
+                ds.to_netcdf(tmp, engine="netcdf4")
         if dest.is_dir():
             old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
             dest.rename(old)

@@ -362,7 +362,9 @@ class ForecastIngress:
             return conditioning_from_frames(self.fm, body.conditioning.to_array(), self.norm, self.store)
         if self.store is None:
             raise RequestProblem("init_time", f"no store at data.store={self.cfg.data.store}; send conditioning")
-        return conditioning_from_store(self.fm, self.store, body.init_time, self.norm)
+        # a fresh handle per request, so steps ingested while the app runs are seen (handles cache metadata)
+        store = type(self.store)(self.store.url, self.store.storage_options)
+        return conditioning_from_store(self.fm, store, body.init_time, self.norm)
 
     def _latlon_for(self, grid: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The store's latitude/longitude when the forecast is on the store's grid."""

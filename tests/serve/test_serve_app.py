@@ -267,3 +267,21 @@ def test_timeout_answers_504_and_cancels_the_sampling(setup):
         assert follow.status_code == 200, follow.text
     finally:
         serve.delete("slow")
+
+
+def test_run_serve_deploys_the_config(setup):
+    # what `def-ray serve` / jobs/serve.py do, without blocking: Serve already runs here, so the app joins its proxy
+    from ray import serve
+
+    from def_ray.forecast.tiny import tiny_config
+    from def_ray.serve.app import run_serve
+
+    cfg = tiny_config(setup["store"].url, serve={"sampler_replicas": 1, "cpus_per_replica": 0.5, "ingress_cpus": 0,
+                                                 "route_prefix": "/rs", "api_key_env": "DEF_RAY_TEST_NO_SUCH_VAR"})
+    run_serve(cfg, setup["ckpt"], blocking=False, name="rs")
+    try:
+        health = requests.get(f"{setup['base']}/rs/healthz", timeout=30).json()
+        assert health["status"] == "ok" and health["targets"] == ["refc"] and health["sampler_replicas"] == 1
+        assert _post(setup, _request(setup, members=2), app="rs").status_code == 200
+    finally:
+        serve.delete("rs")
