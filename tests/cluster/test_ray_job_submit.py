@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,8 @@ def cluster(tmp_path):
     port, dash = free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    temp = Path("/tmp") / f"rayc{port}"  # short: Ray's socket paths must stay under 107 characters
+    # unique (its processes are found by it at teardown) and short (Ray's socket paths must stay under 107 chars)
+    temp = Path("/tmp") / f"ray-e2e-{port}-{os.getpid()}"
     start = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
              "--disable-usage-stats", "--include-dashboard=true"]
@@ -37,7 +41,35 @@ def cluster(tmp_path):
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_processes_mentioning(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_processes_mentioning(marker: str, timeout: float = 20.0) -> None:
+    """Stop this cluster's processes only (`ray stop` would stop every Ray on the machine, the test session's too):
+    each Ray process of a cluster carries its temp dir on its command line."""
+    def ours() -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    if marker.encode() in (proc / "cmdline").read_bytes():
+                        pids.append(int(proc.name))
+                except OSError:
+                    pass
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not ours():
+            return
 
 
 def submit(address: str, env: dict, *cmd: str) -> str:
