@@ -29,16 +29,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = parse_overrides(getattr(args, "override", None) or [])
     if getattr(args, "config", None):
         return load_config(args.config, overrides)
-    from def_ray.config import config_from_dict
+    from def_ray.config import apply_overrides, config_from_dict
 
-    raw: dict[str, Any] = {}
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return config_from_dict(raw, "<command line>")
+    return config_from_dict(apply_overrides({}, overrides), "<command line>")
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:

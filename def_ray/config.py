@@ -377,13 +377,18 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise ConfigError(f"config {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
-    for dotted, value in (overrides or {}).items():
+    return config_from_dict(apply_overrides(raw, overrides or {}), str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys ("train.epochs") in a raw config mapping, creating sections as needed; returns `raw`."""
+    for dotted, value in overrides.items():
         node = raw
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return config_from_dict(raw, str(path))
+    return raw
 
 
 def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:

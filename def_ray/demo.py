@@ -52,19 +52,17 @@ def _stage(name: str) -> float:
 
 
 def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = None, quick: bool = False) -> dict:
-    import ray
-
     from def_ray.data.ingest import format_report, ingest
     from def_ray.data.synthetic import write_synthetic_grib
     from def_ray.forecast.batch import run_forecast_job
+    from def_ray.train.trainer import connect_ray
     from def_ray.verify.workflow import verify
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     cfg = demo_config(Path(out_dir), config_path, quick)
     (Path(out_dir) / "mlruns").mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
-    if not ray.is_initialized():
-        ray.init(address="auto" if os.environ.get("RAY_ADDRESS") else None, log_to_driver=True)
+    connect_ray()
 
     t = _stage(f"1/5 synthesise {cfg.synth.hours} hours of {cfg.synth.ny}x{cfg.synth.nx} HRRR-like GRIB2")
     paths = write_synthetic_grib(cfg.synth)
