@@ -18,10 +18,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench_calibration_out")
     p.add_argument("--config", default=None, help="default: configs/demo.yaml")
+    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
+    from def_ray.cli import parse_overrides
     from def_ray.demo import run_demo
 
-    summary = run_demo(Path(args.out), args.config)
+    summary = run_demo(Path(args.out), args.config, overrides=parse_overrides(args.override))
     report = Path(summary["report"]).parent
     scores = json.loads((report / "scores.json").read_text())
     cal = json.loads((report / "calibration_vs_truth.json").read_text())

@@ -43,7 +43,8 @@ def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from def_ray.demo import run_demo
 
-    run_demo(out_dir=Path(args.out), config_path=args.config, quick=args.quick)
+    run_demo(out_dir=Path(args.out), config_path=args.config, quick=args.quick,
+             overrides=parse_overrides(args.override))
     return 0
 
 
@@ -126,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="folder for every output of the demo")
     p.add_argument("--config", default=None, help="default: configs/demo.yaml shipped with the package")
     p.add_argument("--quick", action="store_true", help="fewer hours and epochs (a smoke run)")
+    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied last, e.g. -o train.epochs=60 (repeatable)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("synth", help="write seeded synthetic HRRR-like GRIB2 scenes (config section synth)")

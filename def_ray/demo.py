@@ -16,10 +16,14 @@ from def_ray.config import Config, load_config
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def demo_config(out_dir: Path, config_path: str | Path | None = None, quick: bool = False) -> Config:
-    """The demo config with every output under `out_dir` (absolute, so Ray workers agree on it)."""
+def demo_config(out_dir: Path, config_path: str | Path | None = None, quick: bool = False,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """The demo config with every output under `out_dir` (absolute, so Ray workers agree on it).
+
+    `overrides` (dotted keys, e.g. {"train.epochs": 60}) apply last.
+    """
     out = out_dir.resolve()
-    overrides: dict[str, Any] = {
+    out_paths: dict[str, Any] = {
         "synth.out_dir": str(out / "grib"),
         "data.store": str(out / "demo.zarr"),
         "train.storage_path": str(out / "runs"),
@@ -28,8 +32,8 @@ def demo_config(out_dir: Path, config_path: str | Path | None = None, quick: boo
         "tracking.tracking_uri": f"sqlite:///{out / 'mlruns' / 'mlflow.db'}",
     }
     if quick:
-        overrides.update({"synth.hours": 72, "train.epochs": 1, "verify.max_cases": 4, "forecast.members": 10})
-    return load_config(config_path or DEMO_CONFIG, overrides)
+        out_paths.update({"synth.hours": 72, "train.epochs": 1, "verify.max_cases": 4, "forecast.members": 10})
+    return load_config(config_path or DEMO_CONFIG, {**out_paths, **(overrides or {})})
 
 
 def train_both(cfg: Config):
@@ -51,7 +55,8 @@ def _stage(name: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = None, quick: bool = False) -> dict:
+def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = None, quick: bool = False,
+             overrides: dict[str, Any] | None = None) -> dict:
     from def_ray.data.ingest import format_report, ingest
     from def_ray.data.synthetic import write_synthetic_grib
     from def_ray.forecast.batch import run_forecast_job
@@ -59,7 +64,7 @@ def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = 
     from def_ray.verify.workflow import verify
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    cfg = demo_config(Path(out_dir), config_path, quick)
+    cfg = demo_config(Path(out_dir), config_path, quick, overrides)
     (Path(out_dir) / "mlruns").mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
     connect_ray()

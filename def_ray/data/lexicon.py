@@ -26,6 +26,10 @@ class Variable:
     units: str
     long_name: str
     ecmwf_short: str  # eccodes shortName when writing (centre kwbc)
+    # the smallest physical value: forecasts are clipped to it (a model in normalised space can undershoot, e.g.
+    # to negative rain); None = unbounded
+    floor: float | None = None
+    precipitation: bool = False  # rain rate or accumulation: nowcast baselines work on it as rain, not as dBZ
 
     @property
     def identity(self) -> tuple[int, int, int, str, int]:
@@ -34,28 +38,33 @@ class Variable:
 
 _VARS = [
     Variable("refc", "REFC:entire atmosphere", 0, 16, 196, "atmosphere", 0, "dBZ",
-             "composite reflectivity", "refc"),
+             "composite reflectivity", "refc", floor=-10.0),
     Variable("t2m", "TMP:2 m above ground", 0, 0, 0, "heightAboveGround", 2, "K", "2 m temperature", "2t"),
     Variable("d2m", "DPT:2 m above ground", 0, 0, 6, "heightAboveGround", 2, "K", "2 m dew point", "2d"),
     Variable("u10", "UGRD:10 m above ground", 0, 2, 2, "heightAboveGround", 10, "m s-1", "10 m eastward wind",
              "10u"),
     Variable("v10", "VGRD:10 m above ground", 0, 2, 3, "heightAboveGround", 10, "m s-1", "10 m northward wind",
              "10v"),
-    Variable("cape", "CAPE:surface", 0, 7, 6, "surface", 0, "J kg-1", "surface-based CAPE", "cape"),
+    Variable("cape", "CAPE:surface", 0, 7, 6, "surface", 0, "J kg-1", "surface-based CAPE", "cape", floor=0.0),
     Variable("cin", "CIN:surface", 0, 7, 7, "surface", 0, "J kg-1", "surface-based CIN", "cin"),
-    Variable("prate", "PRATE:surface", 0, 1, 7, "surface", 0, "kg m-2 s-1", "precipitation rate", "prate"),
+    Variable("prate", "PRATE:surface", 0, 1, 7, "surface", 0, "kg m-2 s-1", "precipitation rate", "prate",
+             floor=0.0, precipitation=True),
     Variable("tsfc", "TMP:surface", 0, 0, 0, "surface", 0, "K", "surface temperature", "t"),
-    Variable("hpbl", "HPBL:surface", 0, 3, 18, "surface", 0, "m", "planetary boundary layer height", "blh"),
-    Variable("gust", "GUST:surface", 0, 2, 22, "surface", 0, "m s-1", "surface wind gust", "gust"),
+    Variable("hpbl", "HPBL:surface", 0, 3, 18, "surface", 0, "m", "planetary boundary layer height", "blh", floor=0.0),
+    Variable("gust", "GUST:surface", 0, 2, 22, "surface", 0, "m s-1", "surface wind gust", "gust", floor=0.0),
     Variable("vil", "VIL:entire atmosphere", 0, 15, 3, "atmosphere", 0, "kg m-2", "vertically integrated liquid",
-             "veril"),
+             "veril", floor=0.0),
     Variable("retop", "RETOP:cloud top", 0, 16, 3, "cloudTop", 0, "m", "echo top", "retop"),
-    Variable("apcp", "APCP:surface", 0, 1, 8, "surface", 0, "kg m-2", "accumulated precipitation", "tp"),
+    Variable("apcp", "APCP:surface", 0, 1, 8, "surface", 0, "kg m-2", "accumulated precipitation", "tp",
+             floor=0.0, precipitation=True),
     # MRMS radar products (NSSL local tables, discipline 209); decoded by def_ray.data.mrms, never fetched by .idx
     Variable("preciprate", "PrecipRate", 209, 6, 1, "surface", 0, "mm h-1", "MRMS radar precipitation rate",
-             "unknown"),
+             "unknown", floor=0.0, precipitation=True),
     Variable("refc_mrms", "MergedReflectivityQCComposite", 209, 10, 0, "surface", 0, "dBZ",
-             "MRMS composite reflectivity (quality controlled)", "unknown"),
+             "MRMS composite reflectivity (quality controlled)", "unknown", floor=-10.0),
+    Variable("qpe_01h", "GaugeCorr_QPE_01H", 209, 6, 9, "surface", 0, "mm",
+             "MRMS gauge-corrected radar precipitation, 1-hour accumulation", "unknown", floor=0.0,
+             precipitation=True),
 ]
 
 LEXICON: dict[str, Variable] = {v.name: v for v in _VARS}

@@ -5,6 +5,8 @@ product is recognised by (discipline, category, number). The mosaics mark pixels
 a bitmap; read against the real files:
 
 - PrecipRate (209/6/1, mm/h): -3 = outside radar coverage (8.8 M of the 24.5 M pixels on 2019-06-10); 0 = no rain.
+- GaugeCorr_QPE_01H (209/6/9, mm in the hour ending at the valid time): -3 = outside radar coverage, as for
+  PrecipRate (35% of the grid on 2016-09-20/21); 0 = no rain.
 - MergedReflectivityQCComposite (209/10/0, dBZ): -999 = outside radar coverage (8.7 M pixels, the same region
   PrecipRate marks -3), -99 = covered but no echo (14.4 M pixels, where PrecipRate is 0); this follows NSSL's
   convention "no coverage -999, missing -99" for mosaicked reflectivity.
@@ -54,6 +56,8 @@ class MrmsProduct:
 
 MRMS_PRODUCTS: dict[tuple[int, int, int], MrmsProduct] = {p.identity: p for p in [
     MrmsProduct("preciprate", "PrecipRate", 209, 6, 1, "mm h-1", "MRMS radar precipitation rate", (-3.0,)),
+    MrmsProduct("qpe_01h", "GaugeCorr_QPE_01H", 209, 6, 9, "mm",
+                "MRMS gauge-corrected radar precipitation, 1-hour accumulation", (-3.0,)),
     MrmsProduct("refc_mrms", "MergedReflectivityQCComposite", 209, 10, 0, "dBZ",
                 "MRMS composite reflectivity (quality controlled)", (-999.0,), no_echo=-99.0, no_echo_value=-10.0),
 ]}

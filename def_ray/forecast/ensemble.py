@@ -103,6 +103,11 @@ def load_forecast_model(path: str, storage_options: Mapping[str, Any] | None = N
     return ForecastModel(model=model, config=cfg, extra=dict(extra or {}), path=str(path))
 
 
+def _floor(variable: str) -> float:
+    known = LEXICON.get(variable)
+    return -np.inf if known is None or known.floor is None else known.floor
+
+
 @dataclass(frozen=True)
 class Normalisation:
     """Per-variable mean and std used to scale the model's inputs and outputs; `source` says where they came from."""
@@ -119,10 +124,14 @@ class Normalisation:
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
 
     def denormalise(self, x: np.ndarray, variables: Sequence[str]) -> np.ndarray:
-        """(..., n_vars, H, W) normalised -> physical float32 (float32 arithmetic, the same everywhere)."""
+        """(..., n_vars, H, W) normalised -> physical float32 (float32 arithmetic, the same everywhere).
+
+        Values below a variable's physical floor (lexicon: 0 for rain, -10 dBZ for reflectivity) are raised to it.
+        """
         m = np.asarray([self.mean[v] for v in variables], dtype=np.float32)[:, None, None]
         s = np.asarray([self.std[v] for v in variables], dtype=np.float32)[:, None, None]
-        return (np.asarray(x, dtype=np.float32) * s + m).astype(np.float32, copy=False)
+        floor = np.asarray([_floor(v) for v in variables], dtype=np.float32)[:, None, None]
+        return np.maximum(np.asarray(x, dtype=np.float32) * s + m, floor).astype(np.float32, copy=False)
 
     def to_json(self) -> str:
         return json.dumps({v: {"mean": self.mean[v], "std": self.std[v]} for v in self.mean}, sort_keys=True)

@@ -18,14 +18,12 @@ from typing import Any
 import numpy as np
 
 from def_ray.config import Config, ConfigError
+from def_ray.data.lexicon import lookup
 from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import forecasters as fcs
 from def_ray.verify.calibration import reliability_against_truth
 from def_ray.verify.report import Cases, run_forecasters, score, select_cases, write_report
-
-RAIN_VARIABLES = {"preciprate", "prate"}
-
 
 @dataclass
 class VerifyResult:
@@ -41,7 +39,7 @@ class VerifyResult:
 def build_forecasters(cfg: Config, store: ZarrStore, models: Mapping[str, str], members: int,
                       lead_steps: int, variable: str) -> dict[str, fcs.Forecaster]:
     v = cfg.verify
-    scale = "rainrate" if variable in RAIN_VARIABLES else "dbz"
+    scale = "rainrate" if lookup(variable).precipitation else "dbz"
     rain = v.rain_threshold if v.rain_threshold is not None else (0.1 if scale == "rainrate" else 10.0)
     dt, n_past = cfg.data.dt_steps, cfg.data.n_past
     minutes = store.dt_seconds * dt / 60

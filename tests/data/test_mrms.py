@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,41 @@ def test_series_is_time_ordered_and_north_up(rain_paths):
         np.testing.assert_array_equal(ds.coverage[i].values, one.coverage.values[::-1])
     # the storm is in the box: a 5 x 5 km block mean above 50 mm/h somewhere
     assert float(ds.preciprate.max()) > 50
+
+
+@pytest.fixture(scope="module")
+def qpe_paths(shared_data):
+    paths = sorted((shared_data / "mrms" / "qpe_01h_20160920-21").glob("MRMS_GaugeCorr_QPE_01H_*.grib2"))
+    assert len(paths) == 48
+    return paths
+
+
+@pytest.mark.slow
+def test_hourly_gauge_corrected_qpe(qpe_paths):
+    # every hour of the two days, in order, valid at the end of its accumulation hour as the file name says
+    times = [read_mrms_header(p).valid_time for p in qpe_paths]
+    assert times == [_name_time(p) for p in qpe_paths]
+    assert times[0] == datetime(2016, 9, 20) and set(np.diff(times)) == {timedelta(hours=1)}
+    raw = _raw(qpe_paths[0])
+    da = read_mrms(qpe_paths[0])
+    assert da.name == "qpe_01h" and da.attrs["units"] == "mm" and da.attrs["grib_identity"] == "209/6/9"
+    no_cov = raw == -3.0
+    assert set(np.unique(raw[raw < 0])) == {-3.0} and 0.3 < no_cov.mean() < 0.4  # the only sentinel, 35% of CONUS
+    np.testing.assert_array_equal(np.isnan(da.values), no_cov)
+    np.testing.assert_array_equal(da.values[~no_cov], raw[~no_cov])
+    assert float(da.max()) == pytest.approx(82.0)
+
+
+@pytest.mark.slow
+def test_qpe_recipe_box_is_covered_and_wet(qpe_paths):
+    # configs/mrms_qpe.yaml's box: inside radar coverage and with rain in it (the recipe verifies something)
+    from def_ray.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mrms_qpe.yaml")
+    ds = read_mrms_series(qpe_paths[::8], tuple(cfg.mrms.box), cfg.mrms.factor)
+    assert ds.qpe_01h.shape == (6, 128, 128)
+    assert float(ds.coverage.min()) == 1.0
+    assert all(float((ds.qpe_01h[i] >= 1.0).mean()) > 0.05 for i in range(6))
 
 
 @pytest.mark.slow

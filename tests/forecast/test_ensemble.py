@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from def_ray.forecast.ensemble import (ForecastError, conditioning_from_frames, conditioning_from_store, forecast,
-                                       latest_init_time, load_forecast_model, normalisation_for)
+from def_ray.forecast.ensemble import (ForecastError, Normalisation, conditioning_from_frames, conditioning_from_store,
+                                       forecast, latest_init_time, load_forecast_model, normalisation_for)
 from def_ray.forecast.tiny import tiny_checkpoint, tiny_config, tiny_store
 
 
@@ -49,9 +49,17 @@ def test_output_is_the_network_sample_in_physical_units(tiny):
     cond = conditioning_from_store(fm, store, init, norm)
     raw = rollout(fm.model, torch.from_numpy(cond)[None], 1, len(fm.variables), fm.target_idx, 2, sampler="dpmpp",
                   steps=2, seed=5, member_batch_size=4).numpy()
-    expect = raw * np.float32(norm.std["refc"]) + np.float32(norm.mean["refc"])
+    expect = np.maximum(raw * np.float32(norm.std["refc"]) + np.float32(norm.mean["refc"]), -10.0)
     np.testing.assert_allclose(_fc(fm, store, init, members=2), expect, rtol=1e-6)
     assert norm.std["refc"] > 2  # so the check above can tell normalised from physical units
+
+
+def test_outputs_are_clipped_to_the_physical_floor_only():
+    norm = Normalisation({"refc": 0.0, "qpe_01h": 1.0, "t2m": 290.0}, {"refc": 10.0, "qpe_01h": 2.0, "t2m": 5.0}, "test")
+    x = np.array([[[-3.0, 0.5]], [[-3.0, 0.5]], [[-3.0, 0.5]]], dtype=np.float32)  # (vars, H=1, W=2), normalised
+    out = norm.denormalise(x, ["refc", "qpe_01h", "t2m"])
+    # below the floor -> the floor (refc -30 -> -10 dBZ, rain -5 -> 0 mm); above it, x * std + mean exactly
+    np.testing.assert_array_equal(out, np.array([[[-10.0, 5.0]], [[0.0, 2.0]], [[275.0, 292.5]]], dtype=np.float32))
 
 
 def test_checkpoint_normalisation_is_preferred(tiny, tmp_path):
