@@ -231,3 +231,20 @@ def test_crop_and_coarsen_rules_on_a_small_array():
         crop_and_coarsen(da, (10, 20), (-100, -97), 2)
     with pytest.raises(ValueError, match="positive integer"):
         crop_and_coarsen(da, (37, 40), (-100, -97), 0)
+
+
+@pytest.mark.parametrize("name", ["mrms_qpe", "mrms_preciprate"])
+def test_recipe_splits_hold_a_window_each(shared_data, name):
+    # the recipe's frames, split as its config says, give train, val and test at least one window each
+    from def_ray.config import load_config
+    from def_ray.data.windows import split_windows
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    folder, pattern = Path(cfg.mrms.files).parent.name, Path(cfg.mrms.files).name
+    n = len(list((shared_data / "mrms" / folder).glob(pattern)))
+    assert n >= 20, f"{name}: {n} files of {cfg.mrms.files}"
+    d = cfg.data
+    splits = split_windows(np.ones(n, bool), d.n_past, d.dt_steps, d.val_fraction, d.test_fraction, d.gap_steps)
+    assert min(splits.train.size, splits.val.size, splits.test.size) >= 1
+    # no test target was seen in training: the last training window ends before the first test window starts
+    assert splits.train.max() + d.n_past * d.dt_steps < splits.test.min()
