@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from def_ray.config import DataConfig
+from def_ray.data.lexicon import lookup
 from def_ray.data.windows import split_windows
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import metrics
@@ -41,7 +42,7 @@ class Cases:
         times = self.store.all_times()[self.init_indices]
         self.truth = xr.DataArray(np.stack(frames).astype("float32"), dims=("case", "lead", "y", "x"),
                                   coords={"init_time": ("case", times), "lead": np.arange(1, self.lead_steps + 1)},
-                                  name=self.variable)
+                                  name=self.variable, attrs={"units": lookup(self.variable).units})
 
 
 def select_cases(store: ZarrStore, data: DataConfig, lead_steps: int, split: str = "test",

@@ -27,6 +27,12 @@ def _ensembles(forecasts: Mapping[str, xr.DataArray]) -> dict[str, xr.DataArray]
     return {k: v for k, v in forecasts.items() if v.sizes["member"] > 1}
 
 
+def _event(truth: xr.DataArray, thr: float) -> str:
+    """'qpe_01h ≥ 2.5 mm': the verified variable, not a fixed one."""
+    units = truth.attrs.get("units")
+    return f"{truth.name or 'value'} ≥ {thr:g}" + (f" {units}" if units else "")
+
+
 def reliability_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray,
                      thresholds: Sequence[float]) -> Path:
     fig, axes = plt.subplots(1, len(thresholds), figsize=(4 * len(thresholds), 4), squeeze=False)
@@ -36,7 +42,7 @@ def reliability_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: x
             rd = metrics.reliability_diagram(fc, truth, thr, bins=10)
             ok = rd["count"] > 0
             ax.plot(rd["forecast_probability"][ok], rd["observed_frequency"][ok], "o-", label=name)
-        ax.set(title=f"refc ≥ {thr:g}", xlabel="forecast probability", ylabel="observed frequency", xlim=(0, 1),
+        ax.set(title=_event(truth, thr), xlabel="forecast probability", ylabel="observed frequency", xlim=(0, 1),
                ylim=(0, 1))
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -74,7 +80,7 @@ def fss_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: xr.DataAr
         for name, fc in forecasts.items():
             fss = metrics.fractions_skill_score(fc.isel(lead=0), truth.isel(lead=0), thr, list(scales))
             ax.plot(list(scales), fss.values, "o-", label=name)
-        ax.set(title=f"FSS, refc ≥ {thr:g}, lead 1", xlabel="neighbourhood (grid points)", ylabel="FSS", ylim=(0, 1))
+        ax.set(title=f"FSS, {_event(truth, thr)}, lead 1", xlabel="neighbourhood (grid points)", ylabel="FSS", ylim=(0, 1))
         ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -43,6 +43,7 @@ def test_a_perfect_forecaster_scores_perfectly(synthetic_cfg):
     store = ZarrStore(synthetic_cfg.data.store)
     inits = select_cases(store, synthetic_cfg.data, lead_steps=2, max_cases=3)
     cases = Cases(store, "refc", inits, 2, 1)
+    assert cases.truth.name == "refc" and cases.truth.attrs["units"] == "dBZ"  # plots name the event with them
     truth_by_init = {int(i): cases.truth.values[k] for k, i in enumerate(inits)}
     perfect = {"oracle": lambda i: np.repeat(truth_by_init[i][None], 3, axis=0)}
     s = score(run_forecasters(cases, perfect), cases.truth, [20.0], [1, 3], reference=None)["oracle"]
