@@ -1,4 +1,4 @@
-"""Issue 6's bars on the synthetic process, measured on the demo pipeline (CPU, ~25 min on 2 cores; not run in CI).
+"""Issue 6's bars on the synthetic process, measured on the demo pipeline (CPU, ~16 min on 2 cores; not run in CI).
 
     python benchmarks/bench_calibration.py [--out bench_calibration_out] [-o train.epochs=40 ...]
 
