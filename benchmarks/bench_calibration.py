@@ -44,6 +44,8 @@ def main() -> None:
     ]
     rows += [(f"max reliability deviation vs truth, >= {thr} dBZ", r["max_deviation"], "< 0.1")
              for thr, r in cal["diffusion"].items()]
+    rows += [(f"mean forecast / mean true probability, >= {thr} dBZ", r["mean_forecast"] / r["mean_true"], "1")
+             for thr, r in cal["diffusion"].items() if r["mean_true"] > 0]
     print(f"\n{'figure':<52} {'value':>8}  bar")
     for name, value, bar in rows:
         print(f"{name:<52} {value:>8.3f}  {bar}")

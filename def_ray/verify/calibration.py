@@ -18,7 +18,8 @@ def reliability_against_truth(forecast_probability: np.ndarray | xr.DataArray,
     """Per forecast-probability bin: mean forecast probability, mean true probability, count, |difference|.
 
     Bins are equal-width on [0, 1] (the last includes 1).  `populated` marks bins with at least `min_count`
-    points; `max_deviation` (an attribute) is the largest |difference| over populated bins.
+    points; `max_deviation` (an attribute) is the largest |difference| over populated bins; `mean_forecast` and
+    `mean_true` are the overall means.
     """
     f = np.asarray(forecast_probability, dtype="float64").ravel()
     t = np.asarray(true_probability, dtype="float64").ravel()
@@ -41,5 +42,7 @@ def reliability_against_truth(forecast_probability: np.ndarray | xr.DataArray,
          "deviation": ("bin", deviation), "populated": ("bin", populated)},
         coords={"bin_lower": ("bin", edges[:-1]), "bin_upper": ("bin", edges[1:])})
     ds.attrs["max_deviation"] = float(deviation[populated].max()) if populated.any() else float("nan")
+    # overall means: a one-sided (e.g. under-forecasting) bias shows here at once
+    ds.attrs["mean_forecast"], ds.attrs["mean_true"] = float(f.mean()), float(t.mean())
     ds.attrs["min_count"] = min_count
     return ds

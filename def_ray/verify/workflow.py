@@ -75,6 +75,7 @@ def synthetic_calibration(cfg: Config, cases: Cases, probabilities: Mapping[str,
         for k, thr in enumerate(thresholds):
             rel = reliability_against_truth(p_fc[:, k], p_true[:, k])
             out[name][str(thr)] = {"max_deviation": rel.attrs["max_deviation"],
+                                   "mean_forecast": rel.attrs["mean_forecast"], "mean_true": rel.attrs["mean_true"],
                                    "bins": {f"{lo:.1f}-{hi:.1f}": {"forecast": _f(f), "true": _f(t), "count": int(n)}
                                             for lo, hi, f, t, n in zip(rel.bin_lower.values, rel.bin_upper.values,
                                                                        rel.forecast_probability.values,
@@ -90,11 +91,13 @@ def _f(x: float) -> float | None:
 def _calibration_section(cal: Mapping[str, Any]) -> str:
     lines = ["## Reliability against the known probabilities (synthetic process)", "",
              "Largest |mean forecast probability - mean true probability| over forecast-probability bins holding at "
-             "least 50 points (lead 1).", "", "| method | threshold | max deviation |", "|---|---|---|"]
+             "least 50 points (lead 1), and the overall mean probabilities.", "",
+             "| method | threshold | max deviation | mean forecast | mean true |", "|---|---|---|---|---|"]
     for name, per in cal.items():
         for thr, r in per.items():
             dev = r["max_deviation"]
-            lines.append(f"| {name} | {thr} | {'–' if dev != dev else f'{dev:.3f}'} |")
+            lines.append(f"| {name} | {thr} | {'–' if dev != dev else f'{dev:.3f}'} | {r['mean_forecast']:.4f} | "
+                         f"{r['mean_true']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

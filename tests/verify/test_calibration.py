@@ -16,6 +16,7 @@ def test_a_biased_forecast_shows_its_bias():
     p = np.random.default_rng(1).uniform(0, 0.7, size=20000)
     rel = reliability_against_truth(np.clip(p + 0.2, 0, 1), p)
     assert rel.attrs["max_deviation"] == pytest.approx(0.2, abs=1e-9)
+    assert rel.attrs["mean_forecast"] - rel.attrs["mean_true"] == pytest.approx(0.2, abs=1e-9)
 
 
 def test_a_coarser_but_calibrated_forecast_passes():
