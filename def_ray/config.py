@@ -186,6 +186,9 @@ class ModelConfig(_Section):
     eps_output: Literal["preconditioned", "direct"] = Field(
         "preconditioned", description="diffusion network output: eps = sqrt(1-ab) x_t - sqrt(ab) F ('preconditioned',"
         " stable sampling from the cosine schedule's last step) or eps = F ('direct'); see ddpm_convection.py")
+    loss_weighting: Literal["eps", "v"] = Field(
+        "eps", description="per-timestep weight of MSE(eps_hat, eps): 'eps' uniform (the plain DDPM loss) or 'v' "
+        "1/alpha_bar_t (the v-prediction loss; with the preconditioned output, uniform weight on F at every t)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -194,6 +197,9 @@ class ModelConfig(_Section):
             raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mults) - 1} (channel_mults)")
         if any(self.base_dims * m % self.groups for m in self.channel_mults):
             raise ValueError(f"base_dims * channel_mults must be divisible by groups={self.groups}")
+        if self.loss_weighting == "v" and self.eps_output != "preconditioned":
+            raise ValueError("loss_weighting 'v' needs eps_output 'preconditioned' (with 'direct' its weight "
+                             "1/alpha_bar reaches 5e6 at the last step)")
         if any(self.base_dims * self.channel_mults[lvl] % self.attention_heads for lvl in self.attention_levels):
             raise ValueError(f"base_dims * channel_mults at attention_levels must be divisible by "
                              f"attention_heads={self.attention_heads}")

@@ -38,6 +38,7 @@ class ConvectionDDPM(nn.Module):
         self.cond_channels, self.target_channels = cond_channels, target_channels
         self.timesteps = model_cfg.timesteps
         self.eps_output = model_cfg.eps_output
+        self.loss_weighting = model_cfg.loss_weighting
         self.net = unet_from_config(model_cfg, target_channels + cond_channels, target_channels, time_embedding=True)
         alphas_cumprod = training_scheduler(self.timesteps).alphas_cumprod.float()
         self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)  # rebuilt from T, not saved
@@ -53,7 +54,8 @@ class ConvectionDDPM(nn.Module):
 
     def training_loss(self, cond: torch.Tensor, target: torch.Tensor,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """MSE(eps_hat, eps); t and eps come from ``generator`` (drawn on its device, then moved) when given."""
+        """MSE(eps_hat, eps), weighted per timestep by ``loss_weighting``; t and eps come from ``generator`` (drawn
+        on its device, then moved) when given."""
         _check(cond, target, self.cond_channels, self.target_channels)
         device = target.device
         gen_device = generator.device if generator is not None else device
@@ -62,7 +64,10 @@ class ConvectionDDPM(nn.Module):
         eps = torch.randn(target.shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
         ab = self.alphas_cumprod.to(device)[t][:, None, None, None]
         x_t = ab.sqrt() * target.float() + (1 - ab).sqrt() * eps
-        return F.mse_loss(self(x_t, t, cond).float(), eps)
+        err = (self(x_t, t, cond).float() - eps) ** 2
+        if self.loss_weighting == "v":
+            err = err / ab  # = (F - F*)^2 for the preconditioned output
+        return err.mean()
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, members: int, sampler: str = "dpmpp", steps: int | None = None,

@@ -59,3 +59,26 @@ def test_training_step_under_bf16_autocast():
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("weighting", ["eps", "v"])
+def test_loss_weighting_known_value_at_zero_network(weighting):
+    """With F = 0, eps_hat - eps = -sqrt(ab) v (v = sqrt(ab) eps - sqrt(1 - ab) x0): the plain loss is mean(ab v^2),
+    the 'v' weighting divides by ab and gives mean(v^2)."""
+    model = build_model(tiny_cfg(timesteps=20, loss_weighting=weighting), 8, 1)
+    torch.nn.init.zeros_(model.net.out[-1].weight)
+    torch.nn.init.zeros_(model.net.out[-1].bias)
+    cond, target = blob_windows(4, size=8)
+    loss = model.training_loss(cond, target, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same draws as training_loss: t, then eps
+    t = torch.randint(0, 20, (4,), generator=g)
+    eps = torch.randn(target.shape, generator=g)
+    ab = model.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * target
+    expected = (v**2).mean() if weighting == "v" else (ab * v**2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+
+
+def test_v_weighting_needs_the_preconditioned_output():
+    with pytest.raises(ValueError, match="loss_weighting 'v' needs eps_output 'preconditioned'"):
+        tiny_cfg(eps_output="direct", loss_weighting="v")
