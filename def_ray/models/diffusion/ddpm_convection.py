@@ -16,6 +16,11 @@ which is the exact noise predictor for zero-mean unit-variance data when F = 0 (
 damps the network's error by sqrt(ab_t) where ab_t -> 0 (F is then, up to sign, the "v" of v-prediction). It is
 still noise prediction with the plain loss MSE(eps_hat, eps), and the samplers consume eps_hat unchanged. "direct"
 (eps_hat = F) is the textbook form, kept for comparison.
+
+Loss weighting (``model_cfg.loss_weighting``). With the preconditioned output, eps_hat - eps = -sqrt(ab_t) (F - F*)
+and the denoised estimate is x0_hat = sqrt(ab_t) x_t + sqrt(1 - ab_t) F, so at high noise F *is* the x0 estimate
+that places and sizes the cells, yet the plain loss ("eps") weights its error by ab_t -> 0 there. "v" divides the
+per-timestep loss by ab_t: uniform weight on F at every t, the v-prediction objective (Salimans & Ho 2022).
 """
 
 from __future__ import annotations
