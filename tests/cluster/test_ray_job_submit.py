@@ -36,7 +36,12 @@ def cluster(tmp_path):
     temp = Path("/tmp") / f"ray-e2e-{port}-{os.getpid()}"
     start = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
-             "--disable-usage-stats", "--include-dashboard=true"]
+             "--disable-usage-stats", "--include-dashboard=true",
+             # the agents' fixed default ports (52365, ...) belong to whichever Ray started first on this machine: a
+             # second cluster's job agent then never comes up ("No available agent to submit job")
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+             f"--ray-client-server-port={free_port()}"]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
     try:
         yield f"http://127.0.0.1:{dash}", env
@@ -77,12 +82,12 @@ def submit(address: str, env: dict, *cmd: str) -> str:
     args = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
             "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo_out", "mlruns", "runs", "data"]}),
             "--", "python", *cmd]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 60
     while True:
         proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
         log = proc.stdout + proc.stderr
-        # a freshly started head accepts requests before its job agent is up; Ray says so and that the job never
-        # started ("please try again later"): retry only that
+        # a freshly started head accepts requests a moment before its job agent is up; Ray says so and that the
+        # job never started ("please try again later"): retry only that
         if "No available agent to submit job" not in log or time.monotonic() > deadline:
             break
         time.sleep(2)
