@@ -17,7 +17,7 @@ __all__ = ["Variable", "LEXICON", "DEFAULT_CHANNELS", "UnknownVariableError", "c
 @dataclass(frozen=True)
 class Variable:
     name: str
-    idx_key: str  # "PARAM:level" as in the .idx inventory (3rd and 4th fields)
+    idx_key: str  # "PARAM:level" as in the .idx inventory (3rd and 4th fields); MRMS: NSSL's product name
     discipline: int
     category: int
     number: int

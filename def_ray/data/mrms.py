@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from def_ray.data.lexicon import LEXICON, Variable
+
 __all__ = ["MrmsProduct", "MRMS_PRODUCTS", "MrmsError", "MrmsHeader", "read_mrms_header", "read_mrms",
            "crop_and_coarsen", "read_mrms_series"]
 
@@ -38,28 +40,38 @@ class MrmsError(ValueError):
 
 @dataclass(frozen=True)
 class MrmsProduct:
-    name: str  # our variable name in datasets and stores
-    mrms_name: str  # NSSL's product name (as in the file names)
-    discipline: int
-    category: int
-    number: int
-    units: str
-    long_name: str
+    """An MRMS product: its lexicon entry (name, NSSL product name, GRIB identity, units) and its sentinels."""
+
+    variable: Variable
     no_coverage: tuple[float, ...]  # sentinels meaning "no radar sees this pixel" -> NaN
     no_echo: float | None = None  # sentinel meaning "seen, nothing detected"
     no_echo_value: float | None = None  # the value "no echo" becomes
 
     @property
+    def name(self) -> str:  # our variable name in datasets and stores
+        return self.variable.name
+
+    @property
+    def mrms_name(self) -> str:  # NSSL's product name (as in the file names)
+        return self.variable.idx_key
+
+    @property
+    def units(self) -> str:
+        return self.variable.units
+
+    @property
+    def long_name(self) -> str:
+        return self.variable.long_name
+
+    @property
     def identity(self) -> tuple[int, int, int]:
-        return (self.discipline, self.category, self.number)
+        return (self.variable.discipline, self.variable.category, self.variable.number)
 
 
 MRMS_PRODUCTS: dict[tuple[int, int, int], MrmsProduct] = {p.identity: p for p in [
-    MrmsProduct("preciprate", "PrecipRate", 209, 6, 1, "mm h-1", "MRMS radar precipitation rate", (-3.0,)),
-    MrmsProduct("qpe_01h", "GaugeCorr_QPE_01H", 209, 6, 9, "mm",
-                "MRMS gauge-corrected radar precipitation, 1-hour accumulation", (-3.0,)),
-    MrmsProduct("refc_mrms", "MergedReflectivityQCComposite", 209, 10, 0, "dBZ",
-                "MRMS composite reflectivity (quality controlled)", (-999.0,), no_echo=-99.0, no_echo_value=-10.0),
+    MrmsProduct(LEXICON["preciprate"], (-3.0,)),
+    MrmsProduct(LEXICON["qpe_01h"], (-3.0,)),
+    MrmsProduct(LEXICON["refc_mrms"], (-999.0,), no_echo=-99.0, no_echo_value=-10.0),
 ]}
 
 # sentinels are whole numbers and the data are packed to 0.1 (decimal scale factor 1): a tolerance of 1e-3 cannot

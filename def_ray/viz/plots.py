@@ -80,7 +80,8 @@ def fss_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: xr.DataAr
         for name, fc in forecasts.items():
             fss = metrics.fractions_skill_score(fc.isel(lead=0), truth.isel(lead=0), thr, list(scales))
             ax.plot(list(scales), fss.values, "o-", label=name)
-        ax.set(title=f"FSS, {_event(truth, thr)}, lead 1", xlabel="neighbourhood (grid points)", ylabel="FSS", ylim=(0, 1))
+        ax.set(title=f"FSS, {_event(truth, thr)}, lead 1", xlabel="neighbourhood (grid points)", ylabel="FSS",
+               ylim=(0, 1))
         ax.legend(fontsize=8)
     return _save(fig, path)
 

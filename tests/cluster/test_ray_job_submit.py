@@ -82,15 +82,8 @@ def submit(address: str, env: dict, *cmd: str) -> str:
     args = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
             "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo_out", "mlruns", "runs", "data"]}),
             "--", "python", *cmd]
-    deadline = time.monotonic() + 60
-    while True:
-        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
-        log = proc.stdout + proc.stderr
-        # a freshly started head accepts requests a moment before its job agent is up; Ray says so and that the
-        # job never started ("please try again later"): retry only that
-        if "No available agent to submit job" not in log or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "succeeded" in log, log[-4000:]
     return log
 
