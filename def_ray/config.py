@@ -238,7 +238,11 @@ class TrainConfig(_Section):
     max_failures: int = Field(2, ge=0)
     val_members: int = Field(4, ge=2)
     val_windows: int = Field(4, ge=1)
-    export_path: str | None = Field(None, description="best checkpoint as one file; default <storage_path>/<run>/best.pt")
+    export: Literal["best", "last"] = Field(
+        "best", description="which checkpoint is exported: best = lowest validation score (a small, noisy ensemble "
+        "CRPS for diffusion), last = the final epoch (its EMA weights for diffusion)")
+    export_path: str | None = Field(None, description="exported checkpoint as one file; default "
+                                                      "<storage_path>/<run>/best.pt")
     seed: int = 0
     # validation of the diffusion model: a small ensemble from a fast sampler on the EMA weights
     val_sampler: Literal["ddim", "dpmpp"] = "dpmpp"

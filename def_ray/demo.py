@@ -43,6 +43,7 @@ def train_both(cfg: Config):
     det_cfg = cfg.model_copy(deep=True)
     det_cfg.model.kind = "deterministic"
     det_cfg.train.run_name = f"{cfg.train.run_name}-deterministic"
+    det_cfg.train.export = "best"  # its validation score is exact (no sampling noise): the baseline at its best
     det = train(det_cfg)
     diff = train(cfg)
     for name, r in (("deterministic", det), ("diffusion", diff)):

@@ -1,4 +1,4 @@
-"""Assemble and run the TorchTrainer for one config; export the best checkpoint as one file.
+"""Assemble and run the TorchTrainer for one config; export one checkpoint (``train.export``) as one file.
 
 Everything that can be wrong with a config or its store is checked here, on the driver, before any worker starts
 (errors are ConfigError naming the key).  The run lives in ``<train.storage_path>/<train.run_name>`` (a local
@@ -29,10 +29,10 @@ RUN_ID_FILE = "mlflow_run_id"
 class TrainResult:
     run_name: str
     run_path: str  # the run folder on storage (local path or URL)
-    checkpoint_path: str | None  # the exported best model (one file)
+    checkpoint_path: str | None  # the exported model (one file; train.export chooses the epoch)
     mlflow_run_id: str | None
     tracking_uri: str | None
-    best_metrics: dict[str, Any] = field(default_factory=dict)
+    exported_metrics: dict[str, Any] = field(default_factory=dict)  # the exported epoch's metrics
     final_metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -187,27 +187,29 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
         tracker.end("FAILED")
         raise
 
-    # -- export the best checkpoint as one file ---------------------------------------------------------------
+    # -- export the chosen checkpoint as one file -------------------------------------------------------------
     ranked = [(c, m) for c, m in (result.best_checkpoints or []) if "val_score" in m]
-    if ranked:
-        best_ckpt, best_metrics = min(ranked, key=lambda cm: cm[1]["val_score"])
-    else:
-        best_ckpt, best_metrics = result.checkpoint, dict(result.metrics or {})
-    export = None
-    if best_ckpt is not None:
+    if ranked and tc.export == "best":
+        chosen, chosen_metrics = min(ranked, key=lambda cm: cm[1]["val_score"])
+    else:  # the latest checkpoint is always kept, whatever its score
+        chosen, chosen_metrics = result.checkpoint, dict(result.metrics or {})
+    export, epoch = None, None
+    if chosen is not None:
         from def_ray.train.checkpointing import export_model
 
-        with best_ckpt.as_directory() as d:
+        with chosen.as_directory() as d:
             state = load_state(d)
         export = export_model(state, wd.spec.cond_channels, wd.spec.target_channels,
                               tc.export_path or f"{url}/best.pt",
                               storage_opts if _is_remote(tc.export_path or url) else None)
-        tracker.set_tag("best_checkpoint", export)
-        tracker.set_tag("best_epoch", str(state.epoch))
+        tracker.set_tag("exported_checkpoint", export)
+        tracker.set_tag("exported_epoch", str(state.epoch))
+        tracker.set_tag("export", tc.export)
+        epoch = state.epoch + 1
     tracker.end("FINISHED")
     kind = "diffusion" if diffusion else "deterministic"
-    print(f"[def-ray] {kind} model: best checkpoint {export} (val_score {best_metrics.get('val_score')}); "
-          f"MLflow run {tracker.run_id} at {tracking_uri}", flush=True)
+    print(f"[def-ray] {kind} model: {tc.export} checkpoint, epoch {epoch}, exported to {export} "
+          f"(val_score {chosen_metrics.get('val_score')}); MLflow run {tracker.run_id} at {tracking_uri}", flush=True)
     return TrainResult(run_name=tc.run_name, run_path=url, checkpoint_path=export, mlflow_run_id=tracker.run_id,
-                       tracking_uri=tracking_uri, best_metrics=dict(best_metrics),
+                       tracking_uri=tracking_uri, exported_metrics=dict(chosen_metrics),
                        final_metrics=dict(result.metrics or {}))

@@ -60,7 +60,7 @@ def test_short_diffusion_run_trains_tracks_and_exports(ray_session, s3_store, ml
     assert model.kind == "diffusion" and config_dict["model"] == cfg.dump()["model"]
     assert extra["mlflow_run_id"] == result.mlflow_run_id
     # best = lowest validation score among the kept checkpoints
-    assert result.best_metrics["val_score"] <= result.final_metrics["val_score"]
+    assert result.exported_metrics["val_score"] <= result.final_metrics["val_score"]
     assert {"val_crps", "val_spread", "val_rmse", "val_spread_skill"} <= set(result.final_metrics)
     state, entries = _final_state(result, endpoint)
     assert state.global_step == 3 * STEPS_PER_EPOCH and _adam_steps(state) == {3 * STEPS_PER_EPOCH}
@@ -73,7 +73,8 @@ def test_short_diffusion_run_trains_tracks_and_exports(ray_session, s3_store, ml
     history = MlflowClient(mlflow_server).get_metric_history(result.mlflow_run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(1, 3 * STEPS_PER_EPOCH + 1))  # log_every_steps = 1
     assert len(MlflowClient(mlflow_server).get_metric_history(result.mlflow_run_id, "val_crps")) == 3
-    assert run.data.tags["best_checkpoint"] == result.checkpoint_path
+    assert run.data.tags["exported_checkpoint"] == result.checkpoint_path
+    assert run.data.tags["exported_epoch"] == str(extra["epoch"]) and run.data.tags["export"] == "best"
     arts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(result.mlflow_run_id, "config")}
     assert arts == {"config/config.yaml"}
 
@@ -103,10 +104,15 @@ def test_running_the_same_command_again_continues_the_run(ray_session, s3_store,
     s1, _ = _final_state(first, endpoint)
     assert s1.global_step == STEPS_PER_EPOCH and s1.restored_from == []
     # the driver is gone; the same storage path and run name pick the run up where it stopped
-    second = train(make_config(store, runs, endpoint=endpoint, train={"epochs": 2}))
+    second = train(make_config(store, runs, endpoint=endpoint, train={"epochs": 2, "export": "last"}))
     s2, _ = _final_state(second, endpoint)
     assert s2.restored_from == [0] and s2.global_step == 2 * STEPS_PER_EPOCH
     assert _adam_steps(s2) == {2 * STEPS_PER_EPOCH}
+    # export: last = the final epoch's weights, whatever its validation score
+    from def_ray.models.checkpoint import load_checkpoint
+
+    _, _, extra = load_checkpoint(second.checkpoint_path, storage_options=_opts(endpoint))
+    assert extra["epoch"] == 1 and second.exported_metrics == second.final_metrics
 
 
 @pytest.mark.mlflow
