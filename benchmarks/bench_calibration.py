@@ -43,7 +43,8 @@ def main() -> None:
         ("CRPS diffusion / STEPS (context)", lead["crps"] / scores["steps"]["1"]["crps"], "-"),
         ("spread/skill", lead["spread_skill"], "0.7 .. 1.3"),
     ]
-    rows += [(f"max reliability deviation vs truth, >= {thr} dBZ", r["max_deviation"], "< 0.1")
+    rows += [(f"max reliability deviation vs truth, >= {thr} dBZ", r["max_deviation"],
+              "< 0.1  (90% case-bootstrap interval {:.3f} .. {:.3f})".format(*r["max_deviation_interval"]))
              for thr, r in cal["diffusion"].items()]
     rows += [(f"mean forecast / mean true probability, >= {thr} dBZ", r["mean_forecast"] / r["mean_true"], "1")
              for thr, r in cal["diffusion"].items() if r["mean_true"] > 0]

@@ -8,6 +8,8 @@ binomial noise of the outcomes is gone.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import xarray as xr
 
@@ -45,4 +47,46 @@ def reliability_against_truth(forecast_probability: np.ndarray | xr.DataArray,
     # overall means: a one-sided (e.g. under-forecasting) bias shows here at once
     ds.attrs["mean_forecast"], ds.attrs["mean_true"] = float(f.mean()), float(t.mean())
     ds.attrs["min_count"] = min_count
+    return ds
+
+
+def deviation_interval(forecast_probability: np.ndarray, true_probability: np.ndarray, bins: int = 10,
+                       min_count: int = 50, level: float = 0.9, n_boot: int = 1000,
+                       seed: int = 0) -> xr.Dataset:
+    """How much a bin's deviation owes to the few cases verified: a case bootstrap of forecast - true per bin.
+
+    Points of one case are strongly correlated (a storm fills many pixels), so the cases, axis 0 of both arrays,
+    are what is resampled.  Bins are fixed by the full sample, as in `reliability_against_truth`.  Returns per bin
+    the signed difference (mean forecast - mean true) and its `level` interval, and, as attributes, the interval
+    of the largest |difference| over populated bins.  An interval wholly above a tolerance says the miscalibration
+    is real; one that straddles it says more cases are needed to tell.
+    """
+    f = np.asarray(forecast_probability, dtype="float64")
+    t = np.asarray(true_probability, dtype="float64")
+    if f.shape != t.shape or f.ndim < 2:
+        raise ValueError(f"need equal (case, ...) arrays, got {f.shape} and {t.shape}")
+    n_case = f.shape[0]
+    f, t = f.reshape(n_case, -1), t.reshape(n_case, -1)
+    ok = np.isfinite(f) & np.isfinite(t)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(f[ok], edges[1:-1]), 0, bins - 1)
+    index = (np.arange(n_case)[:, None] * bins + np.zeros_like(f, dtype=int))[ok] + which  # case * bins + bin
+    sums = np.stack([np.bincount(index, weights=w, minlength=n_case * bins).reshape(n_case, bins)
+                     for w in (None, f[ok], t[ok])])  # (count / forecast sum / true sum, case, bin)
+    populated = sums[0].sum(0) >= min_count
+    weights = np.random.default_rng(seed).multinomial(n_case, np.full(n_case, 1.0 / n_case), size=n_boot)
+    boot = np.einsum("bc,sck->sbk", weights, sums)  # (3, boot, bin)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = (sums[1].sum(0) - sums[2].sum(0)) / sums[0].sum(0)
+        boot_diff = (boot[1] - boot[2]) / boot[0]  # a bin empty in a resample is nan there
+    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+    with warnings.catch_warnings():  # bins that no point falls in stay nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = (np.nanquantile(boot_diff, q, axis=0) for q in (lo_q, hi_q))
+        boot_max = np.nanmax(np.abs(boot_diff[:, populated]), axis=1) if populated.any() else np.full(n_boot, np.nan)
+    ds = xr.Dataset({"difference": ("bin", diff), "lower": ("bin", lo), "upper": ("bin", hi),
+                     "populated": ("bin", populated)},
+                    coords={"bin_lower": ("bin", edges[:-1]), "bin_upper": ("bin", edges[1:])})
+    ds.attrs.update(level=level, cases=n_case, max_deviation_lower=float(np.nanquantile(boot_max, lo_q)),
+                    max_deviation_upper=float(np.nanquantile(boot_max, hi_q)))
     return ds

@@ -22,7 +22,7 @@ from def_ray.data.lexicon import lookup
 from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import forecasters as fcs
-from def_ray.verify.calibration import reliability_against_truth
+from def_ray.verify.calibration import deviation_interval, reliability_against_truth
 from def_ray.verify.report import Cases, run_forecasters, score, select_cases, write_report
 
 @dataclass
@@ -74,13 +74,18 @@ def synthetic_calibration(cfg: Config, cases: Cases, probabilities: Mapping[str,
         out[name] = {}
         for k, thr in enumerate(thresholds):
             rel = reliability_against_truth(p_fc[:, k], p_true[:, k])
-            out[name][str(thr)] = {"max_deviation": rel.attrs["max_deviation"],
-                                   "mean_forecast": rel.attrs["mean_forecast"], "mean_true": rel.attrs["mean_true"],
-                                   "bins": {f"{lo:.1f}-{hi:.1f}": {"forecast": _f(f), "true": _f(t), "count": int(n)}
-                                            for lo, hi, f, t, n in zip(rel.bin_lower.values, rel.bin_upper.values,
-                                                                       rel.forecast_probability.values,
-                                                                       rel.true_probability.values,
-                                                                       rel["count"].values)}}
+            ci = deviation_interval(p_fc[:, k], p_true[:, k])
+            out[name][str(thr)] = {
+                "max_deviation": rel.attrs["max_deviation"],
+                "max_deviation_interval": [ci.attrs["max_deviation_lower"], ci.attrs["max_deviation_upper"]],
+                "interval_level": ci.attrs["level"],
+                "mean_forecast": rel.attrs["mean_forecast"], "mean_true": rel.attrs["mean_true"],
+                "bins": {f"{lo:.1f}-{hi:.1f}": {"forecast": _f(f), "true": _f(t), "count": int(n),
+                                                "difference_interval": [_f(d_lo), _f(d_hi)]}
+                         for lo, hi, f, t, n, d_lo, d_hi in zip(
+                             rel.bin_lower.values, rel.bin_upper.values, rel.forecast_probability.values,
+                             rel.true_probability.values, rel["count"].values, ci["lower"].values,
+                             ci["upper"].values)}}
     return out
 
 
@@ -91,13 +96,16 @@ def _f(x: float) -> float | None:
 def _calibration_section(cal: Mapping[str, Any]) -> str:
     lines = ["## Reliability against the known probabilities (synthetic process)", "",
              "Largest |mean forecast probability - mean true probability| over forecast-probability bins holding at "
-             "least 50 points (lead 1), and the overall mean probabilities.", "",
-             "| method | threshold | max deviation | mean forecast | mean true |", "|---|---|---|---|---|"]
+             "least 50 points (lead 1), its 90% interval from resampling the cases (how much of it the few cases "
+             "verified could explain), and the overall mean probabilities.", "",
+             "| method | threshold | max deviation | 90% interval | mean forecast | mean true |",
+             "|---|---|---|---|---|---|"]
     for name, per in cal.items():
         for thr, r in per.items():
-            dev = r["max_deviation"]
-            lines.append(f"| {name} | {thr} | {'–' if dev != dev else f'{dev:.3f}'} | {r['mean_forecast']:.4f} | "
-                         f"{r['mean_true']:.4f} |")
+            dev, (lo, hi) = r["max_deviation"], r["max_deviation_interval"]
+            interval = "–" if dev != dev else f"{lo:.3f} .. {hi:.3f}"
+            lines.append(f"| {name} | {thr} | {'–' if dev != dev else f'{dev:.3f}'} | {interval} | "
+                         f"{r['mean_forecast']:.4f} | {r['mean_true']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -78,6 +78,8 @@ def test_verify_command_writes_the_report_with_known_truth_calibration(synthetic
     assert set(cal) == {"steps"} and set(cal["steps"]) == {"20.0", "35.0", "40.0", "50.0"}
     c20 = cal["steps"]["20.0"]
     assert 0 <= c20["mean_forecast"] <= 1 and 0 < c20["mean_true"] <= 1  # the test hours hold convection
+    lo, hi = c20["max_deviation_interval"]  # from resampling the cases
+    assert c20["interval_level"] == 0.9 and 0 <= lo <= hi <= 1
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| persistence | 1 |" in md and "known probabilities" in md
     for png in ("reliability.png", "rank_histogram.png", "fss_vs_scale.png", "power_spectra.png", "crps_by_lead.png",
