@@ -51,12 +51,13 @@ def reliability_against_truth(forecast_probability: np.ndarray | xr.DataArray,
 
 
 def deviation_interval(forecast_probability: np.ndarray, true_probability: np.ndarray, bins: int = 10,
-                       min_count: int = 50, level: float = 0.9, n_boot: int = 1000,
-                       seed: int = 0) -> xr.Dataset:
+                       min_count: int = 50, level: float = 0.9, n_boot: int = 1000, seed: int = 0,
+                       groups: np.ndarray | None = None) -> xr.Dataset:
     """How much a bin's deviation owes to the few cases verified: a case bootstrap of forecast - true per bin.
 
     Points of one case are strongly correlated (a storm fills many pixels), so the cases, axis 0 of both arrays,
-    are what is resampled.  Bins are fixed by the full sample, as in `reliability_against_truth`.  Returns per bin
+    are what is resampled; `groups` (one label per case) resamples whole groups instead, e.g. cases a few hours
+    apart that share their storms.  Bins are fixed by the full sample, as in `reliability_against_truth`.  Returns per bin
     the signed difference (mean forecast - mean true) and its `level` interval, and, as attributes, the interval
     of the largest |difference| over populated bins.  An interval wholly above a tolerance says the miscalibration
     is real; one that straddles it says more cases are needed to tell.
@@ -74,7 +75,13 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
     sums = np.stack([np.bincount(index, weights=w, minlength=n_case * bins).reshape(n_case, bins)
                      for w in (None, f[ok], t[ok])])  # (count / forecast sum / true sum, case, bin)
     populated = sums[0].sum(0) >= min_count
-    weights = np.random.default_rng(seed).multinomial(n_case, np.full(n_case, 1.0 / n_case), size=n_boot)
+    if groups is not None:
+        labels, unit = np.unique(np.asarray(groups), return_inverse=True)
+        if unit.size != n_case:
+            raise ValueError(f"groups needs one label per case: {unit.size} labels for {n_case} cases")
+        sums = np.stack([np.stack([q[unit == g].sum(0) for g in range(labels.size)]) for q in sums])
+    n_unit = sums.shape[1]
+    weights = np.random.default_rng(seed).multinomial(n_unit, np.full(n_unit, 1.0 / n_unit), size=n_boot)
     boot = np.einsum("bc,sck->sbk", weights, sums)  # (3, boot, bin)
     with np.errstate(invalid="ignore", divide="ignore"):
         diff = (sums[1].sum(0) - sums[2].sum(0)) / sums[0].sum(0)
@@ -87,6 +94,6 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
     ds = xr.Dataset({"difference": ("bin", diff), "lower": ("bin", lo), "upper": ("bin", hi),
                      "populated": ("bin", populated)},
                     coords={"bin_lower": ("bin", edges[:-1]), "bin_upper": ("bin", edges[1:])})
-    ds.attrs.update(level=level, cases=n_case, max_deviation_lower=float(np.nanquantile(boot_max, lo_q)),
+    ds.attrs.update(level=level, cases=n_case, units=n_unit, max_deviation_lower=float(np.nanquantile(boot_max, lo_q)),
                     max_deviation_upper=float(np.nanquantile(boot_max, hi_q)))
     return ds

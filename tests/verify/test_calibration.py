@@ -85,3 +85,24 @@ def test_the_case_bootstrap_covers_a_zero_bias_as_often_as_it_claims():
 def test_interval_inputs_need_a_case_axis():
     with pytest.raises(ValueError, match="case"):
         deviation_interval(np.zeros(5), np.zeros(5))
+
+
+def test_groups_resample_correlated_cases_together():
+    # every case twice (its copy shares its error): resampled one by one the copies look like independent evidence
+    # and the interval shrinks by about sqrt(2); resampled as pairs it is as wide as for the cases without copies
+    rng = np.random.default_rng(5)
+    forecast = rng.uniform(0.4, 0.6, size=(40, 50))
+    true = np.clip(forecast + rng.normal(0, 0.1, size=(40, 1)), 0, 1)
+    twice_f, twice_t = np.repeat(forecast, 2, axis=0), np.repeat(true, 2, axis=0)
+
+    def width(ds):
+        k = int(np.argmax(ds["populated"].values))
+        return float(ds["upper"][k] - ds["lower"][k])
+
+    single = width(deviation_interval(forecast, true, n_boot=4000))
+    paired = width(deviation_interval(twice_f, twice_t, n_boot=4000, groups=np.arange(80) // 2))
+    naive = width(deviation_interval(twice_f, twice_t, n_boot=4000))
+    assert paired == pytest.approx(single, rel=0.1)
+    assert naive == pytest.approx(single / np.sqrt(2), rel=0.1)
+    with pytest.raises(ValueError, match="one label per case"):
+        deviation_interval(forecast, true, groups=np.arange(3))
