@@ -14,6 +14,12 @@ import numpy as np
 import xarray as xr
 
 
+def _bin_of(p: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-width bin edges on [0, 1] and each probability's bin (the last bin includes 1)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return edges, np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+
+
 def reliability_against_truth(forecast_probability: np.ndarray | xr.DataArray,
                               true_probability: np.ndarray | xr.DataArray, bins: int = 10,
                               min_count: int = 50) -> xr.Dataset:
@@ -31,8 +37,7 @@ def reliability_against_truth(forecast_probability: np.ndarray | xr.DataArray,
     f, t = f[ok], t[ok]
     if ((f < 0) | (f > 1) | (t < 0) | (t > 1)).any():
         raise ValueError("probabilities must lie in [0, 1]")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(f, edges[1:-1]), 0, bins - 1)
+    edges, which = _bin_of(f, bins)
     count = np.bincount(which, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_f = np.bincount(which, weights=f, minlength=bins) / count
@@ -57,9 +62,9 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
 
     Points of one case are strongly correlated (a storm fills many pixels), so the cases, axis 0 of both arrays,
     are what is resampled; `groups` (one label per case) resamples whole groups instead, e.g. cases a few hours
-    apart that share their storms.  Bins are fixed by the full sample, as in `reliability_against_truth`.  Returns per bin
-    the signed difference (mean forecast - mean true) and its `level` interval, and, as attributes, the interval
-    of the largest |difference| over populated bins.  An interval wholly above a tolerance says the miscalibration
+    apart that share their storms.  Bins are fixed by the full sample, as in `reliability_against_truth`.  Returns
+    per bin the signed difference (mean forecast - mean true) and its `level` interval, and, as attributes, the
+    interval of the largest |difference| over populated bins.  An interval wholly above a tolerance says the miscalibration
     is real; one that straddles it says more cases are needed to tell.
     """
     f = np.asarray(forecast_probability, dtype="float64")
@@ -69,9 +74,8 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
     n_case = f.shape[0]
     f, t = f.reshape(n_case, -1), t.reshape(n_case, -1)
     ok = np.isfinite(f) & np.isfinite(t)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(f[ok], edges[1:-1]), 0, bins - 1)
-    index = (np.arange(n_case)[:, None] * bins + np.zeros_like(f, dtype=int))[ok] + which  # case * bins + bin
+    edges, which = _bin_of(f[ok], bins)
+    index = np.broadcast_to(np.arange(n_case)[:, None], f.shape)[ok] * bins + which  # case * bins + bin
     sums = np.stack([np.bincount(index, weights=w, minlength=n_case * bins).reshape(n_case, bins)
                      for w in (None, f[ok], t[ok])])  # (count / forecast sum / true sum, case, bin)
     populated = sums[0].sum(0) >= min_count
@@ -94,6 +98,7 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
     ds = xr.Dataset({"difference": ("bin", diff), "lower": ("bin", lo), "upper": ("bin", hi),
                      "populated": ("bin", populated)},
                     coords={"bin_lower": ("bin", edges[:-1]), "bin_upper": ("bin", edges[1:])})
-    ds.attrs.update(level=level, cases=n_case, units=n_unit, max_deviation_lower=float(np.nanquantile(boot_max, lo_q)),
+    ds.attrs.update(level=level, cases=n_case, units=n_unit,
+                    max_deviation_lower=float(np.nanquantile(boot_max, lo_q)),
                     max_deviation_upper=float(np.nanquantile(boot_max, hi_q)))
     return ds
