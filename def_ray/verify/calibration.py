@@ -64,8 +64,8 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
     are what is resampled; `groups` (one label per case) resamples whole groups instead, e.g. cases a few hours
     apart that share their storms.  Bins are fixed by the full sample, as in `reliability_against_truth`.  Returns
     per bin the signed difference (mean forecast - mean true) and its `level` interval, and, as attributes, the
-    interval of the largest |difference| over populated bins.  An interval wholly above a tolerance says the miscalibration
-    is real; one that straddles it says more cases are needed to tell.
+    interval of the largest |difference| over populated bins.  An interval wholly above a tolerance says the
+    miscalibration is real; one that straddles it says more cases are needed to tell.
     """
     f = np.asarray(forecast_probability, dtype="float64")
     t = np.asarray(true_probability, dtype="float64")
