@@ -79,7 +79,63 @@ def ray_session(tmp_path_factory):
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
                                            "TQDM_DISABLE": "1", **TEST_AWS_ENV}})
     yield ray
+    spawned = _descendants(os.getpid(), b"/ray/")  # raylet, GCS, every worker: snapshot while their parents live
     ray.shutdown()
+    _reap(spawned, "Ray")
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a running process, from /proc; None once it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else (int(fields[1]), int(fields[19]))
+
+
+def _descendants(root: int, child_cmdline: bytes) -> dict[int, int]:
+    """{pid: start time} of the children of `root` whose command line holds `child_cmdline`, and of every process
+    below them (Linux /proc; empty elsewhere)."""
+    parent: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = _proc_stat(int(entry.name))
+        if stat is not None:
+            parent[int(entry.name)] = stat
+    found, frontier = {}, [root]
+    while frontier:
+        p = frontier.pop()
+        for pid, (ppid, start) in parent.items():
+            if ppid == p and pid not in found and (p != root or child_cmdline in _cmdline(pid)):
+                found[pid] = start
+                frontier.append(pid)
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def _reap(spawned: dict[int, int], what: str, grace_s: float = 15.0) -> None:
+    """Kill whatever of `spawned` outlived its shutdown by `grace_s` (a Ray worker busy in a non-daemon thread
+    can miss its raylet's exit and linger as an orphan) and say so: tests never leave processes behind."""
+    def alive() -> list[int]:
+        return [pid for pid, start in spawned.items() if (_proc_stat(pid) or (0, -1))[1] == start]
+
+    deadline = time.monotonic() + grace_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = {}
+    for pid in alive():
+        try:
+            left[pid] = _cmdline(pid)[:80].decode(errors="replace")
+            os.kill(pid, 9)
+        except (OSError, ProcessLookupError):
+            pass
+    if left:
+        print(f"\n{what} processes still alive {grace_s:.0f} s after shutdown, killed: {left}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
