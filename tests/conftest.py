@@ -96,16 +96,16 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
 def _descendants(root: int, child_cmdline: bytes) -> dict[int, int]:
     """{pid: start time} of the children of `root` whose command line holds `child_cmdline`, and of every process
     below them (Linux /proc; empty elsewhere)."""
-    parent: dict[int, tuple[int, int]] = {}
+    children: dict[int, list[tuple[int, int]]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         stat = _proc_stat(int(entry.name))
         if stat is not None:
-            parent[int(entry.name)] = stat
-    found, frontier = {}, [root]
+            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    found = {pid: start for pid, start in children.get(root, []) if child_cmdline in _cmdline(pid)}
+    frontier = list(found)
     while frontier:
-        p = frontier.pop()
-        for pid, (ppid, start) in parent.items():
-            if ppid == p and pid not in found and (p != root or child_cmdline in _cmdline(pid)):
+        for pid, start in children.get(frontier.pop(), []):
+            if pid not in found:
                 found[pid] = start
                 frontier.append(pid)
     return found
@@ -119,10 +119,10 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _reap(spawned: dict[int, int], what: str, grace_s: float = 15.0) -> None:
-    """Kill whatever of `spawned` outlived its shutdown by `grace_s` (a Ray worker busy in a non-daemon thread
-    can miss its raylet's exit and linger as an orphan) and say so: tests never leave processes behind."""
+    """Kill whatever of `spawned` outlived its shutdown by `grace_s` and say so: tests never leave processes behind
+    (one CI run left an orphaned Ray Train controller after `ray.shutdown()`)."""
     def alive() -> list[int]:
-        return [pid for pid, start in spawned.items() if (_proc_stat(pid) or (0, -1))[1] == start]
+        return [pid for pid, start in spawned.items() if (_proc_stat(pid) or (None, None))[1] == start]
 
     deadline = time.monotonic() + grace_s
     while alive() and time.monotonic() < deadline:
@@ -132,7 +132,7 @@ def _reap(spawned: dict[int, int], what: str, grace_s: float = 15.0) -> None:
         try:
             left[pid] = _cmdline(pid)[:80].decode(errors="replace")
             os.kill(pid, 9)
-        except (OSError, ProcessLookupError):
+        except OSError:  # gone meanwhile
             pass
     if left:
         print(f"\n{what} processes still alive {grace_s:.0f} s after shutdown, killed: {left}", file=sys.stderr)
