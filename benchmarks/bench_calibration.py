@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--config", default=None, help="default: configs/demo.yaml")
     p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
-    from def_ray.cli import parse_overrides
+    from def_ray.config import parse_overrides
     from def_ray.demo import run_demo
 
     summary = run_demo(Path(args.out), args.config, overrides={**BENCH_OVERRIDES, **parse_overrides(args.override)})

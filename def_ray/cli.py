@@ -9,20 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from def_ray.config import Config, ConfigError, load_config
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """["train.epochs=3", "data.crop=null"] -> {"train.epochs": 3, "data.crop": None} (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {pair!r} is not KEY=VALUE (e.g. train.epochs=3)")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+from def_ray.config import Config, ConfigError, load_config, parse_overrides
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

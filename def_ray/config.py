@@ -8,6 +8,7 @@ Unknown keys are errors (a typo must not silently fall back to a default), and m
 from __future__ import annotations
 
 from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -388,6 +389,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
     return config_from_dict(apply_overrides(raw, overrides or {}), str(path))
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """["train.epochs=3", "data.crop=null"] -> {"train.epochs": 3, "data.crop": None} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not KEY=VALUE (e.g. train.epochs=3)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ try:
 except ImportError:  # run from a checkout (a job's working dir) where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from def_ray.cli import parse_overrides
+from def_ray.config import parse_overrides
 from def_ray.config import ConfigError, load_config
 
 

@@ -22,7 +22,7 @@ from def_ray.config import ConfigError, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from def_ray.cli import parse_overrides
+    from def_ray.config import parse_overrides
 
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="experiment YAML (serve and forecast sections, data.store)")

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the job and of `def-ray forecast`; exit code 2 on bad input."""
-    from def_ray.cli import parse_overrides
+    from def_ray.config import parse_overrides
 
     parser = build_parser()
     args = parser.parse_args(argv)

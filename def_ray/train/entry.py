@@ -12,7 +12,7 @@ from def_ray.config import ConfigError, load_config
 
 def job_main(argv: Sequence[str] | None, kind: str) -> int:
     """Parse --config / --override, check the model kind, train; exit code 2 on a bad config."""
-    from def_ray.cli import parse_overrides
+    from def_ray.config import parse_overrides
 
     parser = argparse.ArgumentParser(description=f"Train the {kind} model on Ray Train (local Ray, or the cluster "
                                                  "named by RAY_ADDRESS as under `ray job submit`).")

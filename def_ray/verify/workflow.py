@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from def_ray.cli import parse_overrides
+    from def_ray.config import parse_overrides
     from def_ray.config import load_config
 
     args = build_parser().parse_args(argv)
