@@ -1,4 +1,8 @@
-"""The forecast Dataset and its files: CF layout, Zarr v3 and NetCDF round trips, local and on a real S3 API."""
+"""The forecast Dataset and its files: CF layout, Zarr v3 and NetCDF round trips, local and on a real S3 API,
+never replacing a path unless asked, and never writing over an input."""
+
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -6,7 +10,8 @@ import xarray as xr
 
 from def_ray.data.grid import HRRR_GRID
 from def_ray.forecast.ensemble import build_forecast_dataset
-from def_ray.forecast.writer import netcdf_bytes, open_forecast, output_format, write_forecast
+from def_ray.forecast.writer import (check_output_not_input, netcdf_bytes, open_forecast, output_format,
+                                     write_forecast)
 
 GRID = HRRR_GRID.crop(400, 900, 8, 10)
 
@@ -41,18 +46,108 @@ def test_dataset_layout_and_cf_attributes():
 
 
 @pytest.mark.parametrize("name", ["out.zarr", "out.nc"])
-def test_round_trip_local_and_rewrite(tmp_path, name):
+def test_round_trip_local_refuses_to_replace_unless_asked(tmp_path, name):
     ens, ds = _dataset()
     path = write_forecast(ds, str(tmp_path / "sub" / name))
     back = open_forecast(path).load()
     xr.testing.assert_identical(back["refc_probability"], ds["refc_probability"])
     np.testing.assert_array_equal(back["refc"].values, ens[:, :, 0])
     assert back.attrs["checkpoint"] == "/x/model.pt"
-    # writing again replaces it whole and leaves no temporary siblings
+    # a second write is refused with one line naming the path, and the first forecast is untouched
     _, ds2 = _dataset(members=3)
-    write_forecast(ds2, path)
+    with pytest.raises(FileExistsError) as err:
+        write_forecast(ds2, path)
+    assert str(err.value) == f"forecast output {path} already exists; pass --overwrite (overwrite=True) to replace it"
+    assert open_forecast(path).sizes["member"] == 5
+    # overwrite=True replaces it whole and leaves no temporary siblings
+    write_forecast(ds2, path, overwrite=True)
     assert open_forecast(path).sizes["member"] == 3
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name", ["out.zarr", "out.nc"])
+def test_refuses_other_things_at_the_path(tmp_path, name):
+    _, ds = _dataset()
+    empty_dir = tmp_path / "a" / name
+    empty_dir.mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_forecast(ds, str(empty_dir))
+    assert empty_dir.is_dir() and not any(empty_dir.iterdir())
+    a_file = tmp_path / "b" / name
+    a_file.parent.mkdir()
+    a_file.write_text("notes")
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_forecast(ds, str(a_file))
+    assert a_file.read_text() == "notes"
+    write_forecast(ds, str(a_file), overwrite=True)  # a file replaced by a folder (zarr) or a file (nc)
+    assert open_forecast(str(a_file)).sizes["member"] == 5
+    assert sorted(p.name for p in a_file.parent.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name", ["race.zarr", "race.nc"])
+def test_racing_writers_of_one_new_path_one_wins(tmp_path, name):
+    """Writers that all passed the existence check before any finished: exactly one lands, the rest are refused."""
+    path = str(tmp_path / name)
+    n = 4
+    datasets = [_dataset(members=m)[1] for m in range(2, 2 + n)]
+    start = threading.Barrier(n)
+    outcomes: list = [None] * n
+
+    def write(k: int) -> None:
+        start.wait()
+        try:
+            outcomes[k] = write_forecast(datasets[k], path)
+        except FileExistsError as err:
+            outcomes[k] = err
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [k for k, o in enumerate(outcomes) if o == path]
+    assert len(winners) == 1, outcomes
+    assert all(isinstance(o, FileExistsError) for k, o in enumerate(outcomes) if k not in winners)
+    back = open_forecast(path).load()
+    xr.testing.assert_identical(back["refc"], datasets[winners[0]]["refc"])  # one writer's forecast, whole
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_a_failed_write_keeps_the_previous_forecast(tmp_path):
+    _, ds = _dataset()
+    path = write_forecast(ds, str(tmp_path / "f.zarr"))
+    bad = ds.assign(note=xr.DataArray(np.array([object(), object()]), dims=["lead_time"]))  # cannot be encoded
+    with pytest.raises(Exception):
+        write_forecast(bad, path, overwrite=True)
+    assert open_forecast(path).sizes["member"] == 5 and "note" not in open_forecast(path)
+    assert os.listdir(tmp_path) == ["f.zarr"]
+
+
+def test_output_that_is_or_touches_an_input_is_refused(tmp_path, monkeypatch):
+    store = tmp_path / "data" / "hrrr.zarr"
+    store.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    same = [str(store), "data/hrrr.zarr", "data/hrrr.zarr/", "data/../data/hrrr.zarr", "link/hrrr.zarr",
+            f"file://{store}"]
+    for out in same:
+        with pytest.raises(ValueError, match=f"is the same location as input {store}; write the forecast"):
+            check_output_not_input(out, [str(store)])
+    with pytest.raises(ValueError, match="is inside input"):
+        check_output_not_input("link/hrrr.zarr/forecast.zarr", ["other.zarr", str(store)])
+    with pytest.raises(ValueError, match="is a folder holding input"):
+        check_output_not_input(str(tmp_path / "data"), [str(store)])
+    for fine in ("data/hrrr.zarr2", "data/forecast.zarr", "s3://data/hrrr.zarr"):
+        check_output_not_input(fine, [str(store)])
+
+    with pytest.raises(ValueError, match="same location"):
+        check_output_not_input("S3A://bkt//runs/./hrrr.zarr/", ["s3://bkt/runs/hrrr.zarr"])
+    with pytest.raises(ValueError, match="inside"):
+        check_output_not_input("s3://bkt/runs/hrrr.zarr/fc/out.zarr", ["s3://bkt/runs/hrrr.zarr"])
+    for fine in ("s3://other/runs/hrrr.zarr", "s3://bkt/runs/hrrr.zarr.fc.zarr", "gs://bkt/runs/hrrr.zarr",
+                 "s3://bkt/runs/HRRR.zarr"):
+        check_output_not_input(fine, ["s3://bkt/runs/hrrr.zarr"])
+    check_output_not_input("s3://bkt/fc.zarr", [])
 
 
 def test_bad_extension_is_named():
@@ -68,10 +163,23 @@ def test_netcdf_bytes_are_a_netcdf4_file():
 
 @pytest.mark.s3
 @pytest.mark.parametrize("name", ["f.zarr", "f.nc"])
-def test_round_trip_on_s3(s3_bucket, name):
+def test_round_trip_on_s3_refuses_to_replace_unless_asked(s3_bucket, name):
+    import fsspec
+
     bucket, opts = s3_bucket
     ens, ds = _dataset()
     url = write_forecast(ds, f"s3://{bucket}/fc/{name}", opts)
     back = open_forecast(url, opts).load()
     np.testing.assert_array_equal(back["refc"].values, ens[:, :, 0])
     assert back.attrs["sampler"] == "dpmpp"
+    _, ds2 = _dataset(members=3)
+    with pytest.raises(FileExistsError, match=f"forecast output {url} already exists; pass --overwrite"):
+        write_forecast(ds2, url, opts)
+    assert open_forecast(url, opts).sizes["member"] == 5
+    write_forecast(ds2, url, opts, overwrite=True)
+    assert open_forecast(url, opts).load().sizes["member"] == 3
+    fs = fsspec.filesystem("s3", **opts)
+    fs.invalidate_cache()
+    assert fs.ls(f"{bucket}/fc", detail=False) == [f"{bucket}/fc/{name}"]  # no temporary prefix left
+    if name.endswith(".zarr"):  # the old forecast's chunks are gone, not mixed with the new ones
+        assert not [k for k in fs.find(f"{bucket}/fc/{name}/refc") if "/c/4/" in k]
