@@ -54,12 +54,12 @@ def main(argv=None) -> int:
 
     from def_ray.forecast.ensemble import (conditioning_from_store, load_forecast_model, normalisation_for,
                                            sample_members)
-    from def_ray.forecast.tiny import tiny_checkpoint, tiny_config, tiny_store
+    from def_ray.testing import tiny_checkpoint, tiny_config, tiny_store
     from def_ray.serve.app import forecast_app
 
     demo_model = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())["model"]
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    store = tiny_store(tmp / "s.zarr", size=args.size, hours=6)
+    store = tiny_store(tmp / "s.zarr", size=args.size, hours=20)
     sampler = {"name": "dpmpp", "steps": args.steps, "member_batch_size": args.member_batch_size}
     cfg = tiny_config(store.url, model=demo_model, data={"variables": ["refc", "t2m", "d2m", "u10", "v10", "cape",
                                                                        "cin"], "n_past": 4},

@@ -1,8 +1,10 @@
-"""Tiny seeded stores and untrained checkpoints: plumbing for tests, benchmarks and smoke runs of the forecast
-and serving paths (untrained weights give meaningless but perfectly reproducible ensembles)."""
+"""TEST PLUMBING, not used by the pipeline: tiny seeded stores and untrained checkpoints for tests, benchmarks and
+smoke runs of the forecast and serving paths (untrained weights give meaningless but perfectly reproducible
+ensembles)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from def_ray.data.zarr_store import ZarrStore
 __all__ = ["tiny_store", "tiny_config", "tiny_checkpoint"]
 
 
-def tiny_store(url: str | Path, *, size: int = 16, hours: int = 8, seed: int = 0,
+def tiny_store(url: str | Path, *, size: int = 16, hours: int = 20, seed: int = 0,
                storage_options: dict[str, Any] | None = None) -> ZarrStore:
     """Synthetic HRRR-like scenes (def_ray.data.synthetic) of size x size points, hourly, ingested into a store."""
     from def_ray.config import SynthConfig
@@ -27,11 +29,14 @@ def tiny_store(url: str | Path, *, size: int = 16, hours: int = 8, seed: int = 0
 
 
 def tiny_config(store: str, *, timesteps: int = 10, base_dims: int = 8, **sections: dict[str, Any]) -> Config:
-    """A valid Config for a tiny diffusion model on `store`; `sections` update whole sections (e.g. serve={...})."""
+    """A valid Config for a tiny diffusion model on `store`; `sections` update whole sections (e.g. serve={...}).
+
+    Its splits hold a window each on a 20-hour tiny store (data.dt_steps 1 or 2) (tiny_checkpoint takes the training split's statistics).
+    """
     raw: dict[str, Any] = {
         "name": "tiny",
         "data": {"store": str(store), "variables": ["refc", "t2m", "cape"], "target_variables": ["refc"],
-                 "n_past": 2, "tile": 16},
+                 "n_past": 2, "tile": 16, "val_fraction": 0.25, "test_fraction": 0.25, "gap_steps": 0},
         "model": {"kind": "diffusion", "base_dims": base_dims, "channel_mults": [1, 2], "num_res_blocks": 1,
                   "attention_levels": [], "groups": 4, "timesteps": timesteps},
         "forecast": {"members": 6, "lead_hours": 1, "num_actors": 2, "cpus_per_actor": 0.5,
@@ -43,22 +48,31 @@ def tiny_config(store: str, *, timesteps: int = 10, base_dims: int = 8, **sectio
 
 
 def tiny_checkpoint(path: str | Path, cfg: Config, *, seed: int = 0,
-                    normalisation: dict[str, dict[str, float]] | None = None) -> str:
-    """An untrained (seeded) diffusion model for `cfg`, saved with save_checkpoint; returns the path."""
+                    normalisation: dict[str, dict[str, float]] | None = None, described: bool = True) -> str:
+    """An untrained (seeded) model for `cfg`, saved with save_checkpoint; returns the path.
+
+    Described like a trained model (ModelDescription.of_training on cfg.data: the training split's statistics),
+    or with the given `normalisation`; ``described=False`` writes a checkpoint as def_ray wrote them before
+    checkpoints carried a description (no statistics).
+    """
     import torch
 
+    from def_ray.data.ray_dataset import prepare_windows
     from def_ray.models import build_model
     from def_ray.models.checkpoint import save_checkpoint
+    from def_ray.models.description import ModelDescription
 
     torch.manual_seed(seed)
     n_static = len(cfg.data.static_fields)
     cond_channels = cfg.data.n_past * len(cfg.data.variables) + n_static
     target_channels = len(cfg.data.target_variables)
     model = build_model(cfg.model, cond_channels, target_channels)
-    extra: dict[str, Any] = {"cond_channels": cond_channels, "target_channels": target_channels}
-    if normalisation is not None:
-        extra["normalisation"] = normalisation
+    description = None
+    if described:
+        description = ModelDescription.of_training(cfg, prepare_windows(cfg.data))
+        if normalisation is not None:
+            description = replace(description, normalisation=normalisation)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, model, cfg.dump(), extra=extra)
+    save_checkpoint(path, model, cfg.dump(), description=description)
     return str(path)

@@ -28,6 +28,8 @@ import ray.data
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from def_ray.data.layout import ChannelLayout
+from def_ray.data.normalise import Normaliser, static_fields, static_scaling
 from def_ray.data.windows import Splits, WindowError, frame_offsets, split_windows, window_times
 from def_ray.data.zarr_store import StoreError, ZarrStore
 
@@ -48,19 +50,23 @@ class WindowSpec:
     target_variables: tuple[str, ...]
     n_past: int
     dt_steps: int
-    mean: np.ndarray  # (n_vars,)
-    std: np.ndarray  # (n_vars,)
+    normaliser: Normaliser  # the training split's statistics
     times: np.ndarray  # int64 seconds of every store index
     shape: tuple[int, int]  # (ny, nx)
+    static_names: tuple[str, ...] = ()
     static: np.ndarray | None = None  # (n_static, ny, nx) already normalised
 
     @property
+    def layout(self) -> ChannelLayout:
+        return ChannelLayout.of(self.n_past, self.variables, self.target_variables, self.static_names)
+
+    @property
     def cond_channels(self) -> int:
-        return self.n_past * len(self.variables) + (0 if self.static is None else self.static.shape[0])
+        return self.layout.cond_channels
 
     @property
     def target_channels(self) -> int:
-        return len(self.target_variables)
+        return self.layout.target_channels
 
     def bytes_per_window(self, crop: int | None) -> int:
         h, w = (crop, crop) if crop else self.shape
@@ -75,10 +81,6 @@ class WindowReader:
         self.store = ZarrStore(spec.url, spec.storage_options)
         self._offsets = frame_offsets(spec.n_past, spec.dt_steps)
 
-    def _norm(self, raw: np.ndarray, k: int) -> np.ndarray:
-        out = (raw - self.spec.mean[k]) / self.spec.std[k]
-        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
-
     def read_block(self, starts: Sequence[int], region: tuple[int, int, int, int] | None = None,
                    crop: int | None = None, crops: Sequence[tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
         """Windows at `starts` from ONE read per variable of their time range inside `region` (y0, x0, h, w;
@@ -90,21 +92,20 @@ class WindowReader:
         ry, rx, rh, rw = region if region is not None else (0, 0, *s.shape)
         if crop is not None and (crops is None or len(crops) != len(starts)):
             raise ValueError("a cropped read needs one (y0, x0) per window")
-        frames = [self._norm(self.store.read(v, slice(lo, hi), slice(ry, ry + rh), slice(rx, rx + rw)), k)
-                  for k, v in enumerate(s.variables)]
-        target_k = [s.variables.index(v) for v in s.target_variables]
+        frames = [s.normaliser.normalise_variable(self.store.read(v, slice(lo, hi), slice(ry, ry + rh),
+                                                                  slice(rx, rx + rw)), v)
+                  for v in s.variables]
+        layout = s.layout
         conds, targets = [], []
         for i, st in enumerate(starts):
             rel = st - lo + self._offsets
             cy, cx = crops[i] if crop is not None else (0, 0)
             h, w = (crop, crop) if crop is not None else (rh, rw)
             local = (slice(cy, cy + h), slice(cx, cx + w))
-            cond = np.stack([f[(rel[:-1], *local)] for f in frames], axis=1)  # (n_past, n_vars, h, w)
-            cond = cond.reshape(-1, h, w)
-            if s.static is not None:
-                cond = np.concatenate([cond, s.static[:, ry + cy:ry + cy + h, rx + cx:rx + cx + w]], axis=0)
-            conds.append(cond)
-            targets.append(np.stack([frames[k][(rel[-1], *local)] for k in target_k], axis=0))
+            past = np.stack([f[(rel[:-1], *local)] for f in frames], axis=1)  # (n_past, n_vars, h, w)
+            static = None if s.static is None else s.static[:, ry + cy:ry + cy + h, rx + cx:rx + cx + w]
+            conds.append(layout.assemble(past, static))
+            targets.append(np.stack([frames[k][(rel[-1], *local)] for k in layout.target_idx], axis=0))
         return {"cond": np.stack(conds), "target": np.stack(targets),
                 "time": s.times[starts + int(self._offsets[-1])].astype(np.int64)}
 
@@ -218,11 +219,11 @@ class WindowDatasource(Datasource):
 
 @dataclass
 class WindowData:
-    """The splits of one store and the normalisation learned from its train split."""
+    """The splits of one store and the normalisation learned from its train split (`spec.normaliser`)."""
 
     spec: WindowSpec
     splits: Splits
-    stats: dict[str, tuple[float, float]] = field(default_factory=dict)
+    static_scaling: dict[str, dict[str, float]] = field(default_factory=dict)  # of the static fields on this grid
 
     def n_windows(self, split: str) -> int:
         return int(self.splits[split].size)
@@ -240,17 +241,6 @@ class WindowData:
             raise WindowError(f"data.crop={crop} is larger than the store's grid {ny} x {nx}")
         ds = WindowDatasource(self.spec, starts, crop=crop, shuffle=shuffle, seed=seed, block_bytes=block_bytes)
         return ray.data.read_datasource(ds)
-
-
-def _static_fields(store: ZarrStore, names: Sequence[str]) -> np.ndarray | None:
-    if not names:
-        return None
-    lat, lon = store.latlon()
-    out = []
-    for name in names:
-        a = (lat if name == "latitude" else lon).astype(np.float64)
-        out.append((a - a.mean()) / (a.std() or 1.0))
-    return np.stack(out).astype(np.float32)
 
 
 def resolve_storage_options(url: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -286,13 +276,16 @@ def prepare_windows(data_cfg: DataConfig, storage_options: Mapping[str, Any] | N
     except WindowError as err:
         raise WindowError(f"data (store {data_cfg.store}): {err}") from None
     train_times = window_times(splits.train, data_cfg.n_past, data_cfg.dt_steps)
-    all_stats = store.stats(train_times.tolist())
-    stats = {v: (all_stats[v].mean, all_stats[v].std) for v in data_cfg.variables}
+    stats = store.stats(train_times.tolist())
+    variables = data_cfg.variables
+    normaliser = Normaliser({v: stats[v].mean for v in variables}, {v: stats[v].std for v in variables},
+                            f"training split of {store.url}")
+    names = tuple(data_cfg.static_fields)
+    lat, lon = store.latlon() if names else (None, None)
+    scaling = static_scaling(lat, lon, names) if names else {}
     spec = WindowSpec(
         url=store.url, storage_options=opts, variables=tuple(data_cfg.variables),
         target_variables=tuple(data_cfg.target_variables), n_past=data_cfg.n_past, dt_steps=data_cfg.dt_steps,
-        mean=np.array([stats[v][0] for v in data_cfg.variables], dtype=np.float32),
-        std=np.array([stats[v][1] for v in data_cfg.variables], dtype=np.float32),
-        times=store.group["time"][:].astype(np.int64), shape=(ny, nx),
-        static=_static_fields(store, data_cfg.static_fields))
-    return WindowData(spec=spec, splits=splits, stats=stats)
+        normaliser=normaliser, times=store.group["time"][:].astype(np.int64), shape=(ny, nx), static_names=names,
+        static=static_fields(lat, lon, names, scaling) if names else None)
+    return WindowData(spec=spec, splits=splits, static_scaling=scaling)

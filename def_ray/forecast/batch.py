@@ -25,36 +25,16 @@ import numpy as np
 import ray
 import xarray as xr
 
-from def_ray.config import Config, ConfigError, load_config
+from def_ray.config import Config, ConfigError, SamplerConfig, load_config, parse_overrides
+from def_ray.data.normalise import Normaliser
 from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
-from def_ray.forecast.ensemble import (ForecastError, Normalisation, build_forecast_dataset, conditioning_from_store,
-                                       forecast_attrs, latest_init_time, lead_steps_for, load_forecast_model,
-                                       model_step_seconds, normalisation_for, sample_members)
+from def_ray.forecast.ensemble import build_forecast_dataset
+from def_ray.forecast.forecaster import ForecastError, Forecaster
+from def_ray.forecast.members import MemberSampler, member_chunks
 from def_ray.forecast.writer import output_format, write_forecast
 
-__all__ = ["MemberSampler", "BatchResult", "member_chunks", "run_forecast_job", "main"]
-
-
-def member_chunks(members: int, chunk: int) -> list[tuple[int, int]]:
-    """(member_offset, count) pieces covering 0..members-1 in order."""
-    return [(start, min(chunk, members - start)) for start in range(0, members, chunk)]
-
-
-class MemberSampler:
-    """Loads the model once and samples member ranges; a Ray actor in the batch job (see `_remote_sampler`)."""
-
-    def __init__(self, model_path: str, storage_options: Mapping[str, Any] | None = None, threads: int = 1):
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.fm = load_forecast_model(model_path, storage_options, map_location=device)
-
-    def sample(self, cond: np.ndarray, members: int, lead_steps: int, norm: Normalisation, member_offset: int,
-               kwargs: Mapping[str, Any]) -> tuple[int, np.ndarray]:
-        return member_offset, sample_members(self.fm, cond, members, lead_steps, norm, member_offset=member_offset,
-                                             **kwargs)
+__all__ = ["BatchResult", "sample_with_actors", "run_forecast_job", "main"]
 
 
 @dataclass
@@ -71,7 +51,7 @@ def _gpus_per_actor(cfg: Config) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
-def _gather(refs: list[ray.ObjectRef], members: int, progress: bool) -> np.ndarray:
+def _gather(refs: Mapping[ray.ObjectRef, int], members: int, progress: bool) -> np.ndarray:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     parts: dict[int, np.ndarray] = {}
@@ -81,24 +61,25 @@ def _gather(refs: list[ray.ObjectRef], members: int, progress: bool) -> np.ndarr
         task = bar.add_task("members", total=members)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            offset, arr = ray.get(done[0])
-            parts[offset] = arr
+            arr = ray.get(done[0])
+            parts[refs[done[0]]] = arr
             bar.advance(task, arr.shape[0])
     return np.concatenate([parts[k] for k in sorted(parts)], axis=0)
 
 
-def sample_with_actors(model_path: str, model_options: Mapping[str, Any], cond: np.ndarray, members: int,
-                       lead_steps: int, norm: Normalisation, kwargs: Mapping[str, Any], *, num_actors: int,
-                       cpus: float, gpus: float, progress: bool = False) -> np.ndarray:
-    """The ensemble (members, lead, n_targets, y, x), its chunks spread round-robin over `num_actors` actors."""
-    chunks = member_chunks(members, int(kwargs["member_batch_size"]))
+def sample_with_actors(model_uri: str, model_options: Mapping[str, Any], cond: np.ndarray, members: int,
+                       lead_steps: int, options: SamplerConfig, seed: int, normaliser: Normaliser, *,
+                       num_actors: int, cpus: float, gpus: float, progress: bool = False) -> np.ndarray:
+    """The ensemble (members, lead, n_targets, y, x), its chunks spread round-robin over `num_actors` actors; the
+    conditioning goes into the object store once."""
+    chunks = member_chunks(members, options.member_batch_size)
     n = max(1, min(num_actors, len(chunks)))
     actor_cls = ray.remote(MemberSampler).options(num_cpus=cpus, num_gpus=gpus)
-    actors = [actor_cls.remote(model_path, dict(model_options), max(1, int(cpus))) for _ in range(n)]
+    actors = [actor_cls.remote(model_uri, dict(model_options), max(1, int(cpus))) for _ in range(n)]
     try:
         cond_ref = ray.put(cond)
-        refs = [actors[i % n].sample.remote(cond_ref, count, lead_steps, norm, offset, dict(kwargs))
-                for i, (offset, count) in enumerate(chunks)]
+        refs = {actors[i % n].sample.remote(cond_ref, count, lead_steps, options, seed, offset, normaliser): offset
+                for i, (offset, count) in enumerate(chunks)}
         return _gather(refs, members, progress)
     finally:
         for a in actors:
@@ -112,47 +93,45 @@ def _maps_dir(out: str) -> Path:
     return p.with_name(p.name.rsplit(".", 1)[0] + "_maps")
 
 
-def run_forecast_job(cfg: Config, model_path: str, *, init_time: Any = None, members: int | None = None,
+def run_forecast_job(cfg: Config, model_uri: str, *, init_time: Any = None, members: int | None = None,
                      lead_hours: int | None = None, out: str | None = None, seed: int | None = None,
                      plot: bool = False, progress: bool = True) -> BatchResult:
     """Sample, build and write one ensemble forecast with Ray actors (Ray must be initialised)."""
     started = time.perf_counter()
-    fc = cfg.forecast
-    members = fc.members if members is None else members
-    lead_hours = fc.lead_hours if lead_hours is None else lead_hours
-    out = out or fc.out
-    seed = fc.seed if seed is None else seed
+    fc_cfg = cfg.forecast
+    members = fc_cfg.members if members is None else members
+    lead_hours = fc_cfg.lead_hours if lead_hours is None else lead_hours
+    out = out or fc_cfg.out
+    seed = fc_cfg.seed if seed is None else seed
     output_format(out)  # a bad extension fails before any sampling
     if members < 1:
         raise ForecastError(f"members={members} must be >= 1", field="members")
-    model_opts = resolve_storage_options(model_path, cfg.train.storage.to_fsspec())
-    fm = load_forecast_model(model_path, model_opts)
+    model_opts = resolve_storage_options(model_uri, cfg.train.storage.to_fsspec())
+    fc = Forecaster.load(model_uri, model_opts, light=True)
     store = ZarrStore(cfg.data.store, resolve_storage_options(cfg.data.store, cfg.data.storage.to_fsspec()))
     if not store.exists():
         raise ForecastError(f"data.store: no def_ray store at {cfg.data.store}", field="init_time")
-    init_time = init_time if init_time is not None else (fc.init_time or latest_init_time(store, fm.config))
-    norm = normalisation_for(fm, store)
-    step_s = model_step_seconds(fm.config, store)
-    lead_steps = lead_steps_for(lead_hours, step_s)
-    cond = conditioning_from_store(fm, store, init_time, norm)
-    s = fc.sampler
-    kwargs = dict(sampler=s.name, steps=s.steps, seed=seed, member_batch_size=s.member_batch_size,
-                  spread_scale=s.spread_scale, eta=s.eta)
-    ens = sample_with_actors(model_path, model_opts, cond, members, lead_steps, norm, kwargs,
-                             num_actors=fc.num_actors, cpus=fc.cpus_per_actor, gpus=_gpus_per_actor(cfg),
+    init_time = fc.init_time(store, init_time if init_time is not None else cfg.forecast.init_time)
+    norm = fc.normaliser(store)
+    lead_steps = fc.lead_steps(lead_hours, store)
+    cond = fc.conditioning(store, init_time, norm)
+    options = fc.sampler_options(cfg.forecast.sampler)
+    ens = sample_with_actors(model_uri, model_opts, cond, members, lead_steps, options, seed, norm,
+                             num_actors=fc_cfg.num_actors, cpus=fc_cfg.cpus_per_actor, gpus=_gpus_per_actor(cfg),
                              progress=progress)
     lat, lon = store.latlon()
-    attrs = forecast_attrs(fm, norm, members=members, lead_hours=lead_hours, store_url=store.url, **kwargs)
-    ds = build_forecast_dataset(ens, targets=fm.targets, init_time=init_time, step_seconds=step_s, latitude=lat,
-                                longitude=lon, projection=store.projection, thresholds=fc.thresholds,
-                                quantiles=fc.quantiles, attrs=attrs)
-    path = write_forecast(ds, out, resolve_storage_options(out, fc.storage.to_fsspec()))
+    attrs = fc.provenance(options, seed=seed, members=members, lead_hours=lead_hours, normaliser=norm,
+                          store_url=store.url)
+    ds = build_forecast_dataset(ens, targets=fc.targets, init_time=init_time, step_seconds=fc.step_seconds(store),
+                                latitude=lat, longitude=lon, projection=store.projection,
+                                thresholds=fc_cfg.thresholds, quantiles=fc_cfg.quantiles, attrs=attrs)
+    path = write_forecast(ds, out, resolve_storage_options(out, fc_cfg.storage.to_fsspec()))
     maps: list[Path] = []
     if plot:
         from def_ray.viz.maps import forecast_maps
 
-        for v in fm.targets:
-            maps += forecast_maps(ds, _maps_dir(out), v, members=fc.map_members)
+        for v in fc.targets:
+            maps += forecast_maps(ds, _maps_dir(out), v, members=fc_cfg.map_members)
     return BatchResult(path=path, dataset=ds, maps=maps, seconds=time.perf_counter() - started)
 
 
@@ -177,8 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the job and of `def-ray forecast`; exit code 2 on bad input."""
-    from def_ray.config import parse_overrides
-
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -1,15 +1,18 @@
 """Self-contained model checkpoints on local disk or any fsspec URL (s3://...).
 
 One file holds the weights, optional EMA weights, the config dict the model was built from (a full ``Config``
-dump or a ``ModelConfig`` dict), the channel counts and free ``extra`` metadata, so a forecast job needs only the
-file. Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code, and ``extra`` may hold only
+dump or a ``ModelConfig`` dict), the channel counts, the model's description (def_ray.models.description: what a
+forecast needs to know, the training statistics included) and free ``extra`` metadata, so a forecast job needs
+only the file. Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code, and ``extra`` may hold only
 plain Python values (dict, list, str, numbers, None) and tensors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 
 from def_ray.config import ModelConfig
+from def_ray.models.description import ModelDescription
 
 FORMAT = "def_ray.checkpoint/1"
 
@@ -50,7 +54,8 @@ def _clean_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: str, model: nn.Module, model_cfg_or_full_config_dict: dict[str, Any],
                     extra: dict[str, Any] | None = None, ema_state: dict[str, Any] | None = None,
-                    storage_options: dict[str, Any] | None = None) -> None:
+                    storage_options: dict[str, Any] | None = None,
+                    description: ModelDescription | None = None) -> None:
     """Write the checkpoint; the file appears whole or not at all (local: temp file + rename; S3: one upload)."""
     model = _unwrap(model)
     config = dict(model_cfg_or_full_config_dict)
@@ -70,6 +75,7 @@ def save_checkpoint(path: str, model: nn.Module, model_cfg_or_full_config_dict: 
         "state_dict": _clean_state(model.state_dict()),
         "ema_state": _clean_state(ema_state) if ema_state is not None else None,
         "extra": dict(extra or {}),
+        "description": description.to_dict() if description is not None else None,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -85,10 +91,23 @@ def save_checkpoint(path: str, model: nn.Module, model_cfg_or_full_config_dict: 
             f.write(buf.getvalue())
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
-                    storage_options: dict[str, Any] | None = None,
-                    use_ema: bool = True) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """(model on ``map_location`` in eval mode, the saved config dict, extra). EMA weights when saved and use_ema."""
+@dataclass
+class Checkpoint:
+    """A read checkpoint: the network (None when read without it), its saved config, description and extra."""
+
+    path: str
+    config: dict[str, Any]
+    description: dict[str, Any] | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    model: nn.Module | None = None
+
+
+def read_checkpoint(path: str, map_location: str | torch.device = "cpu",
+                    storage_options: dict[str, Any] | None = None, use_ema: bool = True,
+                    build: bool = True) -> Checkpoint:
+    """Read a checkpoint; with `build`, the model on ``map_location`` in eval mode (EMA weights when saved and
+    use_ema).  ``sha256`` is the file's hash, recorded in forecasts as the model's identity."""
     from def_ray.models import build_model
 
     try:
@@ -102,6 +121,10 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"checkpoint {path} is not a readable torch file: {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file")
+    ckpt = Checkpoint(path=str(path), config=payload["config"], description=payload.get("description"),
+                      extra=payload["extra"], sha256=hashlib.sha256(raw).hexdigest())
+    if not build:
+        return ckpt
     model = build_model(ModelConfig.model_validate(payload["model_config"]), payload["cond_channels"],
                         payload["target_channels"])
     state = payload["ema_state"] if use_ema and payload["ema_state"] is not None else payload["state_dict"]
@@ -109,4 +132,13 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
         model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the saved config: {err}") from None
-    return model.to(map_location).eval(), payload["config"], payload["extra"]
+    ckpt.model = model.to(map_location).eval()
+    return ckpt
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
+                    storage_options: dict[str, Any] | None = None,
+                    use_ema: bool = True) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model on ``map_location`` in eval mode, the saved config dict, extra). EMA weights when saved and use_ema."""
+    ckpt = read_checkpoint(path, map_location, storage_options, use_ema)
+    return ckpt.model, ckpt.config, ckpt.extra

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from def_ray.models.shapes import check_batch, device_of
 from def_ray.models.unet import unet_from_config
 
 
@@ -27,7 +28,7 @@ class DeterministicForecaster(nn.Module):
     def training_loss(self, cond: torch.Tensor, target: torch.Tensor,
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """MSE of the direct prediction (``generator`` is accepted for a common interface; nothing is random)."""
-        _check(cond, target, self.cond_channels, self.target_channels)
+        check_batch(cond, target, self.cond_channels, self.target_channels)
         return F.mse_loss(self(cond).float(), target.float())
 
     @torch.no_grad()
@@ -35,24 +36,11 @@ class DeterministicForecaster(nn.Module):
         """(B, C_cond, H, W) or (C_cond, H, W) -> (B, C_t, H, W), in eval mode (the module's mode is restored)."""
         if cond.ndim == 3:
             cond = cond[None]
-        _check(cond, None, self.cond_channels, self.target_channels)
+        check_batch(cond, None, self.cond_channels, self.target_channels)
         was_training = self.training
         self.eval()
         try:
-            return self(cond.to(_device(self))).float()
+            return self(cond.to(device_of(self))).float()
         finally:
             self.train(was_training)
 
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def _check(cond: torch.Tensor, target: torch.Tensor | None, cond_channels: int, target_channels: int) -> None:
-    """Shape checks shared by both models, with messages naming the tensor and the expected channels."""
-    if cond.ndim != 4 or cond.shape[1] != cond_channels:
-        raise ValueError(f"cond must be (B, {cond_channels}, H, W), got {tuple(cond.shape)}")
-    if target is not None:
-        want = (cond.shape[0], target_channels, *cond.shape[-2:])
-        if tuple(target.shape) != want:
-            raise ValueError(f"target must be {want} to match cond {tuple(cond.shape)}, got {tuple(target.shape)}")

@@ -44,8 +44,10 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from def_ray.config import Config, config_from_dict, load_config
-from def_ray.forecast.ensemble import ForecastError, Normalisation, sample_members
+from def_ray.config import Config, SamplerConfig, config_from_dict, load_config
+from def_ray.data.normalise import Normaliser
+from def_ray.forecast.forecaster import ForecastError, Forecaster
+from def_ray.forecast.members import MemberSampler, member_ranges
 from def_ray.serve.schema import ForecastRequest, RequestProblem, index_box
 
 __all__ = ["EnsembleSampler", "ForecastIngress", "forecast_app", "build_app", "run_serve", "SamplingCancelled"]
@@ -79,29 +81,23 @@ def _run_cancellable(flag: threading.Event, fn: Any) -> Any:
 
 @serve.deployment(name="EnsembleSampler", health_check_period_s=10, health_check_timeout_s=60,
                   graceful_shutdown_timeout_s=20)
-class EnsembleSampler:
-    """Holds the model once per replica and samples member ranges (physical units)."""
+class EnsembleSampler(MemberSampler):
+    """The batch job's MemberSampler as a Serve replica: sampling off the event loop, cancellable, health-checked."""
 
-    def __init__(self, model_path: str, storage_options: Mapping[str, Any] | None = None, threads: int = 1):
-        import torch
-
-        from def_ray.forecast.ensemble import load_forecast_model
-
-        torch.set_num_threads(max(1, int(threads)))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.fm = load_forecast_model(model_path, storage_options, map_location=device)
-        self.fm.model.register_forward_pre_hook(_cancel_hook)
+    def __init__(self, model_uri: str, storage_options: Mapping[str, Any] | None = None, threads: int = 1):
+        super().__init__(model_uri, storage_options, threads)
+        self.forecaster.model.register_forward_pre_hook(_cancel_hook)
         # one sampling call at a time: the CPU kernel switches that make members independent of their batch
         # (def_ray.models.unet.batch_invariant) are process-wide, so a second concurrent call could switch them
         # back under the first one; admitted requests wait here (parallelism comes from replicas)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample")
         self.check_health()
 
-    async def sample(self, cond: np.ndarray, members: int, lead_steps: int, norm: Normalisation,
-                     member_offset: int, kwargs: Mapping[str, Any]) -> np.ndarray:
+    async def sample(self, cond: np.ndarray, members: int, lead_steps: int, options: SamplerConfig, seed: int,
+                     member_offset: int, normaliser: Normaliser) -> np.ndarray:
         flag = threading.Event()
-        job = partial(sample_members, self.fm, cond, members, lead_steps, norm, member_offset=member_offset,
-                      **kwargs)
+        job = partial(MemberSampler.sample, self, cond, members, lead_steps, options, seed, member_offset,
+                      normaliser)
         future = asyncio.get_running_loop().run_in_executor(self._pool, _run_cancellable, flag, job)
         try:
             return await future
@@ -113,8 +109,8 @@ class EnsembleSampler:
         """A tiny forward pass of the network (raises if it fails or returns non-finite values)."""
         import torch
 
-        m = self.fm.model
-        side = 2 ** len(self.fm.config.model.channel_mults)
+        m = self.forecaster.model
+        side = 2 ** len(self.forecaster.config.model.channel_mults)
         device = next(m.parameters()).device
         with torch.no_grad():
             x = torch.zeros(1, m.target_channels, side, side, device=device)
@@ -194,17 +190,6 @@ def _problem(p: RequestProblem) -> JSONResponse:
     return JSONResponse(status_code=p.status, content={"detail": p.message, "field": p.field})
 
 
-def _split(members: int, parts: int, align: int) -> list[tuple[int, int]]:
-    """Contiguous (member_offset, count) ranges, at most one per part, starting on multiples of `align` (the member
-    batch size): each network batch then holds the same members as in the batch job, which keeps results
-    bit-identical even where kernels depend on the batch shape (cuDNN)."""
-    from def_ray.forecast.batch import member_chunks
-
-    chunks = member_chunks(members, max(1, align))
-    groups = np.array_split(np.arange(len(chunks)), max(1, min(parts, len(chunks))))
-    return [(chunks[g[0]][0], sum(chunks[i][1] for i in g)) for g in groups if g.size]
-
-
 def _cropped_projection(projection: Mapping[str, Any], y0: int, x0: int, ny: int, nx: int) -> dict:
     from def_ray.data.grid import LambertGrid
 
@@ -230,7 +215,7 @@ def _summary(ds: Any, plan: Mapping[str, Any], body: ForecastRequest, box: tuple
         "init_time": ds.attrs["init_time"] if body.init_time is not None else None,
         "lead_hours": (ds["lead_time"].values / np.timedelta64(1, "h")).tolist(),
         "valid_time": [str(t) for t in ds["time"].values.astype("datetime64[s]")] if body.init_time else None,
-        "members": plan["members"], "seed": body.seed, "sampler": plan["kwargs"]["sampler"],
+        "members": plan["members"], "seed": body.seed, "sampler": plan["options"].name,
         "steps": int(ds.attrs["steps"]), "thresholds": list(plan["thresholds"]), "quantiles": list(plan["quantiles"]),
         "bbox": dict(zip(("y0", "y1", "x0", "x1"), box)), "shape": [int(ds.sizes["lead_time"]),
                                                                    int(ds.sizes["y"]), int(ds.sizes["x"])],
@@ -256,20 +241,18 @@ def _summary(ds: Any, plan: Mapping[str, Any], body: ForecastRequest, box: tuple
 class ForecastIngress:
     """Validates, builds the conditioning, fans members out to EnsembleSampler, combines and summarises."""
 
-    def __init__(self, sampler: Any, config: dict, model_path: str, model_options: Mapping[str, Any] | None = None,
+    def __init__(self, sampler: Any, config: dict, model_uri: str, model_options: Mapping[str, Any] | None = None,
                  api_key_hash: str | None = None):
         from def_ray.data.ray_dataset import resolve_storage_options
         from def_ray.data.zarr_store import ZarrStore
-        from def_ray.forecast.ensemble import load_forecast_model, model_step_seconds, normalisation_for
 
         self.sampler = sampler
         self.cfg: Config = config_from_dict(config, "serve app config")
-        self.fm = load_forecast_model(model_path, model_options)
+        self.forecaster = Forecaster.load(model_uri, model_options, light=True)
         store = ZarrStore(self.cfg.data.store,
                           resolve_storage_options(self.cfg.data.store, self.cfg.data.storage.to_fsspec()))
         self.store = store if store.exists() else None
-        self.norm = normalisation_for(self.fm, self.store)
-        self.step_s = model_step_seconds(self.fm.config, self.store)
+        self.step_s = self.forecaster.step_seconds(self.store)
         self.latlon = self.store.latlon() if self.store is not None else None
         # Serve ships this class by value (globals copied); the middleware reads the real module's _GUARD
         import def_ray.serve.app as this_module
@@ -279,7 +262,7 @@ class ForecastIngress:
     # -- endpoints -----------------------------------------------------------------------------------------------
     @api.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok", "model": self.fm.path, "targets": self.fm.targets,
+        return {"status": "ok", "model": self.forecaster.path, "targets": self.forecaster.targets,
                 "sampler_replicas": self.cfg.serve.sampler_replicas, "store": self.store is not None}
 
     @api.post("/forecast", responses={
@@ -291,16 +274,17 @@ class ForecastIngress:
         started = time.monotonic()
         try:
             plan = self._plan(body)
-            cond = await asyncio.to_thread(self._conditioning, body)
+            cond, plan["normaliser"], plan["store_url"] = await asyncio.to_thread(self._conditioning, body)
             plan["box"] = index_box(body.bbox, tuple(cond.shape[-2:]), *self._latlon_for(cond.shape[-2:]))
         except RequestProblem as p:
             return _problem(p)
         except ForecastError as err:
             return _problem(RequestProblem(err.field or "body", str(err)))
         remaining = self.cfg.serve.request_timeout_s - (time.monotonic() - started)
-        ranges = _split(plan["members"], self.cfg.serve.sampler_replicas, plan["kwargs"]["member_batch_size"])
-        calls = [self.sampler.sample.remote(cond, count, plan["lead_steps"], self.norm, offset, plan["kwargs"])
-                 for offset, count in ranges]
+        options = plan["options"]
+        ranges = member_ranges(plan["members"], self.cfg.serve.sampler_replicas, options.member_batch_size)
+        calls = [self.sampler.sample.remote(cond, count, plan["lead_steps"], options, body.seed, offset,
+                                            plan["normaliser"]) for offset, count in ranges]
         try:
             parts = await asyncio.wait_for(asyncio.gather(*calls), timeout=max(remaining, 0.001))
         except asyncio.TimeoutError:
@@ -319,52 +303,48 @@ class ForecastIngress:
 
     # -- steps ---------------------------------------------------------------------------------------------------
     def _plan(self, body: ForecastRequest) -> dict[str, Any]:
-        from def_ray.forecast.ensemble import lead_steps_for
         from def_ray.models.diffusion.samplers import resolve_steps
 
-        s, fc, sv = self.cfg.forecast.sampler, self.cfg.forecast, self.cfg.serve
-        members = body.members if body.members is not None else fc.members
+        fc, fc_cfg, sv = self.forecaster, self.cfg.forecast, self.cfg.serve
+        members = body.members if body.members is not None else fc_cfg.members
         if members > sv.max_members:
             raise RequestProblem("members", f"{members} is above serve.max_members={sv.max_members}")
-        if self.fm.model.kind == "deterministic" and members != 1:
+        if fc.kind == "deterministic" and members != 1:
             raise RequestProblem("members", f"{members}: this endpoint serves the deterministic model (1 member)")
-        sampler = body.sampler or s.name
-        steps = body.steps if body.steps is not None else s.steps
-        max_steps = min(sv.max_steps, self.fm.timesteps)
+        options = fc.sampler_options(fc_cfg.sampler, name=body.sampler, spread_scale=body.spread_scale,
+                                     eta=body.eta)
+        steps = body.steps if body.steps is not None else options.steps
+        max_steps = min(sv.max_steps, fc.timesteps)
         try:
-            steps = resolve_steps(sampler, steps, self.fm.timesteps)
+            steps = resolve_steps(options.name, steps, fc.timesteps)
         except ValueError:
             steps = max_steps + 1
         if steps > max_steps:
             raise RequestProblem("steps", f"{body.steps if body.steps is not None else steps} is outside 1.."
-                                          f"{max_steps} (serve.max_steps={sv.max_steps}, model T="
-                                          f"{self.fm.timesteps})")
-        lead_hours = body.lead_hours if body.lead_hours is not None else fc.lead_hours
+                                          f"{max_steps} (serve.max_steps={sv.max_steps}, model T={fc.timesteps})")
+        lead_hours = body.lead_hours if body.lead_hours is not None else fc_cfg.lead_hours
         if lead_hours > sv.max_lead_hours:
             raise RequestProblem("lead_hours", f"{lead_hours} is above serve.max_lead_hours={sv.max_lead_hours}")
-        lead_steps = lead_steps_for(lead_hours, self.step_s)
-        variables = body.variables or self.fm.targets
-        unknown = [v for v in variables if v not in self.fm.targets]
+        variables = body.variables or fc.targets
+        unknown = [v for v in variables if v not in fc.targets]
         if unknown:
-            raise RequestProblem("variables", f"unknown variable(s) {unknown}; this model forecasts "
-                                              f"{self.fm.targets}")
-        kwargs = dict(sampler=sampler, steps=steps, seed=body.seed, member_batch_size=s.member_batch_size,
-                      spread_scale=body.spread_scale if body.spread_scale is not None else s.spread_scale,
-                      eta=body.eta if body.eta is not None else s.eta)
-        return {"members": members, "lead_hours": lead_hours, "lead_steps": lead_steps, "variables": variables,
-                "thresholds": body.thresholds or fc.thresholds, "quantiles": body.quantiles or fc.quantiles,
-                "kwargs": kwargs}
+            raise RequestProblem("variables", f"unknown variable(s) {unknown}; this model forecasts {fc.targets}")
+        return {"members": members, "lead_hours": lead_hours, "lead_steps": fc.lead_steps(lead_hours, self.store),
+                "variables": variables, "thresholds": body.thresholds or fc_cfg.thresholds,
+                "quantiles": body.quantiles or fc_cfg.quantiles, "options": options.model_copy(update={"steps": steps})}
 
-    def _conditioning(self, body: ForecastRequest) -> np.ndarray:
-        from def_ray.forecast.ensemble import conditioning_from_frames, conditioning_from_store
-
+    def _conditioning(self, body: ForecastRequest) -> tuple[np.ndarray, Normaliser, str]:
+        """(normalised conditioning, the normaliser, the store's URL or "") of the request."""
+        fc = self.forecaster
         if body.conditioning is not None:
-            return conditioning_from_frames(self.fm, body.conditioning.to_array(), self.norm, self.store)
+            norm = fc.normaliser(self.store)
+            return fc.conditioning_from_frames(body.conditioning.to_array(), self.store, norm), norm, ""
         if self.store is None:
             raise RequestProblem("init_time", f"no store at data.store={self.cfg.data.store}; send conditioning")
         # a fresh handle per request, so steps ingested while the app runs are seen (handles cache metadata)
         store = type(self.store)(self.store.url, self.store.storage_options)
-        return conditioning_from_store(self.fm, store, body.init_time, self.norm)
+        norm = fc.normaliser(store)
+        return fc.conditioning(store, body.init_time, norm), norm, store.url
 
     def _latlon_for(self, grid: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The store's latitude/longitude when the forecast is on the store's grid."""
@@ -373,18 +353,19 @@ class ForecastIngress:
         return None, None
 
     def _respond(self, body: ForecastRequest, plan: dict[str, Any], ens: np.ndarray, grid: tuple[int, int]) -> Any:
-        from def_ray.forecast.ensemble import build_forecast_dataset, forecast_attrs
+        from def_ray.forecast.ensemble import build_forecast_dataset
         from def_ray.forecast.writer import netcdf_bytes
 
         lat, lon = self._latlon_for(grid)
         y0, y1, x0, x1 = plan["box"]
-        keep = [self.fm.targets.index(v) for v in plan["variables"]]
+        keep = [self.forecaster.targets.index(v) for v in plan["variables"]]
         ens = ens[:, :, keep, y0:y1, x0:x1]
         if lat is not None:
             lat, lon = lat[y0:y1, x0:x1], lon[y0:y1, x0:x1]
         init = np.datetime64(body.init_time, "s") if body.init_time is not None else np.datetime64(0, "s")
-        attrs = forecast_attrs(self.fm, self.norm, members=plan["members"], lead_hours=plan["lead_hours"],
-                               store_url=self.store.url if self.store is not None else "", **plan["kwargs"])
+        attrs = self.forecaster.provenance(plan["options"], seed=body.seed, members=plan["members"],
+                                           lead_hours=plan["lead_hours"], normaliser=plan["normaliser"],
+                                           store_url=plan["store_url"])
         attrs.update(bbox=[y0, y1, x0, x1], inline_conditioning=int(body.conditioning is not None))
         projection = self.store.projection if self.store is not None and lat is not None else {}
         if projection and (y0, y1, x0, x1) != (0, grid[0], 0, grid[1]):
@@ -401,25 +382,27 @@ class ForecastIngress:
 # -- building and running the app -----------------------------------------------------------------------------------
 
 
-def forecast_app(cfg: Config, model_path: str, api_key: str | None = None) -> serve.Application:
+def forecast_app(cfg: Config, model_uri: str, api_key: str | None = None) -> serve.Application:
     """The bound app for `cfg` and a checkpoint; the API key defaults to the env var named by serve.api_key_env."""
     from def_ray.data.ray_dataset import resolve_storage_options
 
     sv = cfg.serve
     key = api_key if api_key is not None else os.environ.get(sv.api_key_env) or None
-    opts = resolve_storage_options(model_path, cfg.train.storage.to_fsspec())
+    opts = resolve_storage_options(model_uri, cfg.train.storage.to_fsspec())
     sampler = EnsembleSampler.options(
         num_replicas=sv.sampler_replicas, max_ongoing_requests=sv.max_ongoing_requests,
         max_queued_requests=sv.max_queued_requests,
         ray_actor_options={"num_cpus": sv.cpus_per_replica, "num_gpus": sv.gpus_per_replica},
-    ).bind(model_path, opts, max(1, int(sv.cpus_per_replica)))
+    ).bind(model_uri, opts, max(1, int(sv.cpus_per_replica)))
     # the ingress admits what all sampler replicas together can hold; beyond that Serve answers 503
     ingress = ForecastIngress.options(
         num_replicas=1, max_ongoing_requests=sv.sampler_replicas * sv.max_ongoing_requests,
         max_queued_requests=sv.sampler_replicas * sv.max_queued_requests,
         ray_actor_options={"num_cpus": sv.ingress_cpus},
     )
-    return ingress.bind(sampler, cfg.dump(), model_path, opts, _key_hash(key) if key else None)
+    # the keys the config sets, not every default: the checkpoint's sampler defaults apply where it is silent
+    config = cfg.model_dump(mode="json", exclude_unset=True)
+    return ingress.bind(sampler, config, model_uri, opts, _key_hash(key) if key else None)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from def_ray.models.description import ModelDescription
 
 __all__ = ["TrainState", "STATE_FILE", "rng_state", "set_rng_state", "save_state", "load_state", "export_model"]
 
@@ -67,8 +70,9 @@ def load_state(directory: str | Path) -> TrainState:
 
 
 def export_model(state: TrainState, cond_channels: int, target_channels: int, dest: str,
-                 storage_options: dict[str, Any] | None = None) -> str:
-    """Write the model of `state` (with its EMA weights) as one self-contained file at `dest` (path or URL)."""
+                 storage_options: dict[str, Any] | None = None, description: ModelDescription | None = None) -> str:
+    """Write the model of `state` (with its EMA weights and the model's description) as one self-contained file
+    at `dest` (path or URL)."""
     from def_ray.config import config_from_dict
     from def_ray.models import build_model
     from def_ray.models.checkpoint import save_checkpoint
@@ -81,5 +85,5 @@ def export_model(state: TrainState, cond_channels: int, target_channels: int, de
     if "://" not in dest or dest.startswith("file://"):
         dest = str(Path(dest.removeprefix("file://")).resolve())
     save_checkpoint(dest, model, state.config, extra=extra, ema_state=state.ema,
-                    storage_options=storage_options if "://" in dest else None)
+                    storage_options=storage_options if "://" in dest else None, description=description)
     return dest

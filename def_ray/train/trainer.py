@@ -124,6 +124,7 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
     from def_ray.data.ray_dataset import prepare_windows
     from def_ray.data.windows import WindowError
     from def_ray.models import build_model
+    from def_ray.models.description import ModelDescription
     from def_ray.train.checkpointing import load_state
     from def_ray.train.loop import train_loop_per_worker
     from def_ray.train.tracking import Tracker, resolve_tracking_uri
@@ -201,7 +202,8 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
             state = load_state(d)
         export = export_model(state, wd.spec.cond_channels, wd.spec.target_channels,
                               tc.export_path or f"{url}/best.pt",
-                              storage_opts if _is_remote(tc.export_path or url) else None)
+                              storage_opts if _is_remote(tc.export_path or url) else None,
+                              description=ModelDescription.of_training(cfg, wd, tracker.run_id))
         tracker.set_tag("exported_checkpoint", export)
         tracker.set_tag("exported_epoch", str(state.epoch))
         tracker.set_tag("export", tc.export)

@@ -13,7 +13,7 @@ from def_ray.config import SamplerConfig
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import baselines
 
-Forecaster = Callable[[int], np.ndarray]
+CaseForecaster = Callable[[int], np.ndarray]
 
 
 def _past(store: ZarrStore, variable: str, init_index: int, n_past: int, dt_steps: int) -> np.ndarray:
@@ -21,7 +21,8 @@ def _past(store: ZarrStore, variable: str, init_index: int, n_past: int, dt_step
     return store.read(variable, idx)
 
 
-def persistence_forecaster(store: ZarrStore, variable: str, lead_steps: int, dt_steps: int = 1) -> Forecaster:
+def persistence_forecaster(store: ZarrStore, variable: str, lead_steps: int,
+                           dt_steps: int = 1) -> CaseForecaster:
     def run(init_index: int) -> np.ndarray:
         return baselines.persistence(_past(store, variable, init_index, 1, dt_steps), lead_steps)[None]
 
@@ -29,7 +30,7 @@ def persistence_forecaster(store: ZarrStore, variable: str, lead_steps: int, dt_
 
 
 def extrapolation_forecaster(store: ZarrStore, variable: str, lead_steps: int, n_past: int, dt_steps: int = 1,
-                             scale: baselines.Scale = "dbz", threshold: float = 10.0) -> Forecaster:
+                             scale: baselines.Scale = "dbz", threshold: float = 10.0) -> CaseForecaster:
     def run(init_index: int) -> np.ndarray:
         past = _past(store, variable, init_index, n_past, dt_steps)
         return baselines.extrapolation(past, lead_steps, scale=scale, threshold=threshold)[None]
@@ -39,7 +40,7 @@ def extrapolation_forecaster(store: ZarrStore, variable: str, lead_steps: int, n
 
 def steps_forecaster(store: ZarrStore, variable: str, lead_steps: int, n_past: int, members: int, dt_steps: int = 1,
                      seed: int = 0, scale: baselines.Scale = "dbz", threshold: float = 10.0,
-                     km_per_pixel: float = 3.0, timestep_minutes: float = 60.0) -> Forecaster:
+                     km_per_pixel: float = 3.0, timestep_minutes: float = 60.0) -> CaseForecaster:
     def run(init_index: int) -> np.ndarray:
         past = _past(store, variable, init_index, max(n_past, 3), dt_steps)
         return baselines.steps_ensemble(past, lead_steps, members, seed=seed + init_index, scale=scale,
@@ -49,28 +50,29 @@ def steps_forecaster(store: ZarrStore, variable: str, lead_steps: int, n_past: i
     return run
 
 
-def model_forecaster(model_path: str, store: ZarrStore, variable: str, lead_steps: int, members: int,
-                     sampler: SamplerConfig, seed: int = 0, storage_options: dict | None = None) -> Forecaster:
-    """A trained checkpoint through the forecast workflow's own sampling (members=1 for the deterministic UNet).
+def model_forecaster(model_uri: str, store: ZarrStore, variable: str, lead_steps: int, members: int,
+                     sampler: SamplerConfig, seed: int = 0,
+                     storage_options: dict | None = None) -> CaseForecaster:
+    """A trained checkpoint through the one forecaster (members=1 for the deterministic UNet), with the sampler
+    options every other caller gets for the same config (``Forecaster.sampler_options``).
 
-    Case i draws its members from seed + i, so cases are independent and each is reproducible.
+    Case i draws its members from seed + i, so cases are independent and each is reproducible: the batch job run
+    with that seed at that init time gives the same members.
     """
-    from def_ray.forecast.ensemble import (conditioning_from_store, load_forecast_model, normalisation_for,
-                                           sample_members)
+    from def_ray.forecast.forecaster import Forecaster
 
-    fm = load_forecast_model(model_path, storage_options)
-    if variable not in fm.targets:
-        raise ValueError(f"{model_path} predicts {fm.targets}, not {variable!r}")
-    k = fm.targets.index(variable)
-    norm = normalisation_for(fm, store)
-    n = 1 if fm.model.kind == "deterministic" else members
+    fc = Forecaster.load(model_uri, storage_options)
+    if variable not in fc.targets:
+        raise ValueError(f"{model_uri} predicts {fc.targets}, not {variable!r}")
+    k = fc.targets.index(variable)
+    norm = fc.normaliser(store)
+    options = fc.sampler_options(sampler)
+    n = 1 if fc.kind == "deterministic" else members
     times = store.all_times()
 
     def run(init_index: int) -> np.ndarray:
-        cond = conditioning_from_store(fm, store, times[init_index], norm)
-        ens = sample_members(fm, cond, n, lead_steps, norm, sampler=sampler.name, steps=sampler.steps,
-                             seed=seed + init_index, member_batch_size=sampler.member_batch_size,
-                             spread_scale=sampler.spread_scale)
+        cond = fc.conditioning(store, times[init_index], norm)
+        ens = fc.sample(cond, n, lead_steps, options, seed=seed + init_index, normaliser=norm)
         return ens[:, :, k]
 
     return run

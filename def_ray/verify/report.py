@@ -21,8 +21,7 @@ from def_ray.data.lexicon import lookup
 from def_ray.data.windows import split_windows
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import metrics
-
-Forecaster = Callable[[int], np.ndarray]
+from def_ray.verify.forecasters import CaseForecaster
 
 
 @dataclass
@@ -62,7 +61,7 @@ def select_cases(store: ZarrStore, data: DataConfig, lead_steps: int, split: str
     return keep
 
 
-def run_forecasters(cases: Cases, forecasters: Mapping[str, Forecaster],
+def run_forecasters(cases: Cases, forecasters: Mapping[str, CaseForecaster],
                     progress: Callable[[str], None] | None = None) -> dict[str, xr.DataArray]:
     """Each forecaster on each case -> DataArray (case, member, lead, y, x)."""
     out = {}

@@ -37,13 +37,13 @@ class VerifyResult:
 
 
 def build_forecasters(cfg: Config, store: ZarrStore, models: Mapping[str, str], members: int,
-                      lead_steps: int, variable: str) -> dict[str, fcs.Forecaster]:
+                      lead_steps: int, variable: str) -> dict[str, fcs.CaseForecaster]:
     v = cfg.verify
     scale = "rainrate" if lookup(variable).precipitation else "dbz"
     rain = v.rain_threshold if v.rain_threshold is not None else (0.1 if scale == "rainrate" else 10.0)
     dt, n_past = cfg.data.dt_steps, cfg.data.n_past
     minutes = store.dt_seconds * dt / 60
-    table: dict[str, fcs.Forecaster] = {}
+    table: dict[str, fcs.CaseForecaster] = {}
     for name in v.baselines:
         if name == "persistence":
             table[name] = fcs.persistence_forecaster(store, variable, lead_steps, dt)

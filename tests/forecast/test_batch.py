@@ -6,14 +6,14 @@ import yaml
 
 from def_ray.forecast.batch import main, member_chunks
 from def_ray.forecast.ensemble import regenerate_member
-from def_ray.forecast.tiny import tiny_checkpoint, tiny_config, tiny_store
+from def_ray.testing import tiny_checkpoint, tiny_config, tiny_store
 from def_ray.forecast.writer import open_forecast
 
 
 @pytest.fixture(scope="module")
 def job_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
-    store = tiny_store(root / "s.zarr", hours=6)
+    store = tiny_store(root / "s.zarr", hours=20)
     cfg = tiny_config(store.url)
     ckpt = tiny_checkpoint(root / "m.pt", cfg)
     cfg_path = root / "cfg.yaml"

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from def_ray.data.layout import ChannelLayout
 from def_ray.models import build_model
 from def_ray.models.diffusion.samplers import lead_seed
 from def_ray.models.rollout import rollout
@@ -8,6 +9,7 @@ from tests.models.helpers import tiny_cfg
 
 N_PAST, N_VARS, N_STATIC, H, W = 2, 3, 1, 9, 10
 TARGET_IDX = [2, 0]  # the model's two target channels are frame variables 2 and 0
+LAYOUT = ChannelLayout.of(N_PAST, ["a", "b", "c"], ["c", "a"], ["latitude"])
 
 
 def _cond():
@@ -26,7 +28,7 @@ def test_diffusion_rollout_feeds_each_member_its_own_step():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(timesteps=10), N_PAST * N_VARS + N_STATIC, 2).eval()
     kw = dict(sampler="dpmpp", steps=2, member_batch_size=2)
-    out = rollout(model, _cond(), 3, N_VARS, TARGET_IDX, members=3, n_static=N_STATIC, seed=5, **kw)
+    out = rollout(model, _cond(), 3, LAYOUT, members=3, seed=5, **kw)
     assert out.shape == (3, 3, 2, H, W)
     # lead 0 is model.sample; later leads sample from the advanced conditioning with the lead's seed
     lead0 = model.sample(_cond(), 3, seed=5, **kw)
@@ -40,19 +42,21 @@ def test_diffusion_rollout_feeds_each_member_its_own_step():
 
 def test_deterministic_rollout_is_one_member():
     model = build_model(tiny_cfg(kind="deterministic"), N_PAST * N_VARS + N_STATIC, 2)
-    out = rollout(model, _cond()[0], 2, N_VARS, TARGET_IDX, n_static=N_STATIC, sampler="dpmpp", seed=3)
+    out = rollout(model, _cond()[0], 2, LAYOUT, sampler="dpmpp", seed=3)
     assert out.shape == (1, 2, 2, H, W)
     lead0 = model.predict(_cond())
     torch.testing.assert_close(out[:, 1], model.predict(_advance(_cond(), lead0)))
     with pytest.raises(ValueError, match="1 member"):
-        rollout(model, _cond(), 2, N_VARS, TARGET_IDX, members=4, n_static=N_STATIC)
+        rollout(model, _cond(), 2, LAYOUT, members=4)
 
 
 def test_rollout_refuses_inconsistent_channels():
     model = build_model(tiny_cfg(kind="deterministic"), N_PAST * N_VARS + N_STATIC, 2)
     with pytest.raises(ValueError, match="n_past"):
-        rollout(model, _cond(), 2, N_VARS, TARGET_IDX)  # static channel not declared: 7 is not 2 * 3
-    with pytest.raises(ValueError, match="target_idx"):
-        rollout(model, _cond(), 2, N_VARS, [0, 3], n_static=N_STATIC)
+        rollout(model, _cond(), 2, ChannelLayout.of(N_PAST, ["a", "b", "c"], ["c", "a"]))  # static not declared
+    with pytest.raises(ValueError, match="targets"):
+        rollout(model, _cond(), 2, ChannelLayout.of(N_PAST, ["a", "b", "c"], ["c"], ["latitude"]))
+    with pytest.raises(ValueError, match="targets"):
+        ChannelLayout.of(N_PAST, ["a", "b", "c"], ["c", "d"], ["latitude"])
     with pytest.raises(ValueError, match="lead_steps"):
-        rollout(model, _cond(), 0, N_VARS, TARGET_IDX, n_static=N_STATIC)
+        rollout(model, _cond(), 0, LAYOUT)

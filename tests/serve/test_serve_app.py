@@ -28,12 +28,12 @@ def setup(ray_session, tmp_path_factory):
     from ray import serve
 
     from def_ray.forecast.batch import main as batch_main
-    from def_ray.forecast.tiny import tiny_checkpoint, tiny_config, tiny_store
+    from def_ray.testing import tiny_checkpoint, tiny_config, tiny_store
     from def_ray.forecast.writer import open_forecast
     from def_ray.serve.app import forecast_app
 
     root = tmp_path_factory.mktemp("serve")
-    store = tiny_store(root / "s.zarr", hours=8)
+    store = tiny_store(root / "s.zarr", hours=20)
     small = {"sampler_replicas": 2, "cpus_per_replica": 0.5, "ingress_cpus": 0, "max_members": 40, "max_steps": 8,
              "max_body_bytes": 64 * 1024, "route_prefix": "/open", "api_key_env": "DEF_RAY_TEST_NO_SUCH_VAR"}
     cfg = tiny_config(store.url, serve=small)
@@ -244,7 +244,7 @@ def test_burst_beyond_the_queue_gets_503_and_accepted_requests_succeed(setup):
 def test_timeout_answers_504_and_cancels_the_sampling(setup):
     from ray import serve
 
-    from def_ray.forecast.tiny import tiny_config
+    from def_ray.testing import tiny_config
     from def_ray.serve.app import forecast_app
 
     cfg = tiny_config(setup["store"].url, serve={
@@ -273,7 +273,7 @@ def test_run_serve_deploys_the_config(setup):
     # what `def-ray serve` / jobs/serve.py do, without blocking: Serve already runs here, so the app joins its proxy
     from ray import serve
 
-    from def_ray.forecast.tiny import tiny_config
+    from def_ray.testing import tiny_config
     from def_ray.serve.app import run_serve
 
     cfg = tiny_config(setup["store"].url, serve={"sampler_replicas": 1, "cpus_per_replica": 0.5, "ingress_cpus": 0,

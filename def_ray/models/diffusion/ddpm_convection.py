@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from def_ray.models.deterministic import _check, _device
+from def_ray.models.shapes import check_batch, device_of
 from def_ray.models.diffusion.samplers import sample_ensemble
 from def_ray.models.diffusion.schedule import training_scheduler
 from def_ray.models.unet import unet_from_config
@@ -61,7 +61,7 @@ class ConvectionDDPM(nn.Module):
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """MSE(eps_hat, eps), weighted per timestep by ``loss_weighting``; t and eps come from ``generator`` (drawn
         on its device, then moved) when given."""
-        _check(cond, target, self.cond_channels, self.target_channels)
+        check_batch(cond, target, self.cond_channels, self.target_channels)
         device = target.device
         gen_device = generator.device if generator is not None else device
         b = target.shape[0]
@@ -84,11 +84,11 @@ class ConvectionDDPM(nn.Module):
         Runs in eval mode (the module's mode is restored).
         """
         c = cond[None] if cond.ndim == 3 else cond
-        _check(c, None, self.cond_channels, self.target_channels)
+        check_batch(c, None, self.cond_channels, self.target_channels)
         was_training = self.training
         self.eval()
         try:
-            return sample_ensemble(self, self.timesteps, c.to(_device(self)), members, self.target_channels,
+            return sample_ensemble(self, self.timesteps, c.to(device_of(self)), members, self.target_channels,
                                    sampler=sampler, steps=steps, seed=seed, member_batch_size=member_batch_size,
                                    spread_scale=spread_scale, member_offset=member_offset, eta=eta)
         finally:
