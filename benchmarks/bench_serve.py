@@ -4,7 +4,7 @@
 
 Model: the demo config's network (configs/demo.yaml model section, untrained weights: the cost of a forward pass
 does not depend on the weights) on a seeded synthetic store of size x size points.  Measured in one process:
-  in-process   def_ray.forecast.ensemble.sample_members with torch on 1 thread (what one replica does)
+  in-process   def_ray.forecast.forecaster.Forecaster.sample with torch on 1 thread (what one replica does)
   serve        POST /forecast over loopback HTTP (summary JSON) with 1 and 2 EnsembleSampler replicas of 1 CPU
 Prints latency (median of --repeats), the Serve overhead in % of the in-process time (goal <= 20 %), and
 throughput with --concurrency simultaneous requests for 1 vs 2 replicas.
@@ -52,8 +52,7 @@ def main(argv=None) -> int:
     import yaml
     from ray import serve
 
-    from def_ray.forecast.ensemble import (conditioning_from_store, load_forecast_model, normalisation_for,
-                                           sample_members)
+    from def_ray.forecast.forecaster import Forecaster
     from def_ray.testing import tiny_checkpoint, tiny_config, tiny_store
     from def_ray.serve.app import forecast_app
 
@@ -68,18 +67,17 @@ def main(argv=None) -> int:
     init = store.committed_times()[-1]
 
     # -- in-process baseline -------------------------------------------------------------------------------
-    fm = load_forecast_model(ckpt)
-    norm = normalisation_for(fm, store)
-    cond = conditioning_from_store(fm, store, init, norm)
-    kw = dict(sampler="dpmpp", steps=args.steps, seed=0, member_batch_size=args.member_batch_size)
+    fc = Forecaster.load(ckpt)
+    cond = fc.conditioning(store, init)
+    options = fc.sampler_options(cfg.forecast.sampler)
     results = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        sample_members(fm, cond, 2, 1, norm, **kw)  # warm
+        fc.sample(cond, 2, 1, options, seed=0)  # warm
         results[f"in-process {threads} thread(s)"] = _median_time(
-            lambda: sample_members(fm, cond, args.members, 1, norm, **kw), args.repeats)
+            lambda: fc.sample(cond, args.members, 1, options, seed=0), args.repeats)
     torch.set_num_threads(1)
-    ens_local = sample_members(fm, cond, args.members, 1, norm, **kw)
+    ens_local = fc.sample(cond, args.members, 1, options, seed=0)
 
     # -- through Serve -----------------------------------------------------------------------------------------
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

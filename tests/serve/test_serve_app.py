@@ -136,6 +136,33 @@ def _nc(data, root):
     return xr.load_dataset(path, engine="netcdf4")
 
 
+@pytest.mark.parametrize("sampler", [{"name": "ddpm", "steps": 4}, {"name": "ddim", "steps": 3, "eta": 0.7},
+                                     {"name": "ddim", "steps": 3, "eta": 0.0}, {"name": "dpmpp", "steps": 2}],
+                         ids=["ddpm", "ddim-eta0.7", "ddim-eta0", "dpmpp"])
+def test_batch_job_serve_and_verification_give_the_same_members(setup, sampler):
+    """One forecaster behind all three: for every sampler (DDIM with eta > 0 included) the same checkpoint, init
+    time, seed and member give bit-identical members."""
+    from def_ray.forecast.batch import run_forecast_job
+    from def_ray.testing import tiny_config
+    from def_ray.verify.forecasters import model_forecaster
+
+    store, root = setup["store"], setup["root"]
+    init = np.datetime64(_init(setup))
+    i = store.index_of(init)  # verification seeds case i with seed + i
+    cfg = tiny_config(store.url, forecast={"sampler": {**sampler, "member_batch_size": 4}, "cpus_per_actor": 0.1})
+    batch = run_forecast_job(cfg, setup["ckpt"], init_time=init, members=MEMBERS, seed=SEED + i, progress=False,
+                             out=str(root / f"parity-{'-'.join(map(str, sampler.values()))}.nc")).dataset
+    r = _post(setup, _request(setup, seed=SEED + i, output="netcdf", sampler=sampler["name"], steps=sampler["steps"],
+                              eta=sampler.get("eta", 0.0)))
+    assert r.status_code == 200, r.text
+    served = _nc(r.content, root)["refc"].values
+    verified = model_forecaster(setup["ckpt"], store, "refc", 1, MEMBERS, cfg.forecast.sampler, seed=SEED)(i)
+    np.testing.assert_array_equal(batch["refc"].values, served)
+    np.testing.assert_array_equal(verified, served)
+    assert batch.attrs["sampler"] == sampler["name"] and batch.attrs["eta"] == sampler.get("eta", 0.0)
+    assert batch.attrs["checkpoint_sha256"] and len(np.unique(served[:, 0, 0, 0])) == MEMBERS
+
+
 def test_latlon_bbox_and_inline_conditioning(setup):
     store, batch = setup["store"], setup["batch"]
     lat, lon = batch["latitude"].values, batch["longitude"].values
