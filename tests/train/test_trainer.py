@@ -178,3 +178,35 @@ def test_tracking_server_stopped_mid_run_does_not_stop_training(ray_session, s3_
     # the driver's own end-of-run calls met the dead server: one warning, not one per call
     warnings = [r for r in caplog.records if r.name == "def_ray.train.tracking"]
     assert len(warnings) == 1 and "training continues" in warnings[0].getMessage()
+
+
+def test_exported_model_carries_its_training_statistics_and_ignores_later_hours(ray_session, tmp_path, make_store,
+                                                                              make_config):
+    import numpy as np
+
+    from def_ray.data.ray_dataset import prepare_windows
+    from def_ray.data.zarr_store import ZarrStore
+    from def_ray.forecast.forecaster import Forecaster
+
+    url = make_store(str(tmp_path / "s.zarr"))
+    cfg = make_config(url, str(tmp_path / "runs"), kind="diffusion", train={"epochs": 1})
+    result = train(cfg)
+    fc = Forecaster.load(result.checkpoint_path)
+    d = fc.description
+    train_norm = prepare_windows(cfg.data).spec.normaliser
+    assert d.normalisation == train_norm.to_dict() and d.step_seconds == 3600 and d.grid["shape"] == [24, 24]
+    assert d.provenance["data_period"].startswith("2024-06-01T00:00:00") and d.provenance["code_version"]
+    init = ZarrStore(url).committed_times()[-1]
+    options = fc.sampler_options(cfg.forecast.sampler)
+    before = fc.forecast(ZarrStore(url), init, 3, 2, options, seed=4)
+
+    # six later hours of extreme values change the store's statistics a lot ...
+    store = ZarrStore(url, mode="a")
+    later = init + np.arange(1, 7) * np.timedelta64(1, "h")
+    store.ensure_times(later)
+    for t in later:
+        store.write_step(t, {"refc": np.full((24, 24), 75.0), "t2m": np.full((24, 24), 330.0)})
+    grown = ZarrStore(url)
+    assert grown.stats()["refc"].mean > train_norm.mean["refc"] + 5
+    # ... and leave the model's forecast for the same init time and seed unchanged, to the bit
+    np.testing.assert_array_equal(fc.forecast(grown, init, 3, 2, options, seed=4), before)
