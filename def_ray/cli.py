@@ -46,7 +46,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
+    """Fetch, then print the report's summary; exit 1 when any hour or variable is missing or failed."""
+    import logging
+
     from def_ray.data.fetch import fetch_hrrr
+    from def_ray.data.lexicon import UnknownVariableError
 
     cfg = config_from_args(args)
     fetch = cfg.fetch
@@ -55,21 +59,38 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if start is None:
         raise ConfigError("fetch-hrrr needs --start (or fetch.start in the config)")
     variables = args.variables.split(",") if args.variables else cfg.data.variables
-    report = fetch_hrrr(start, end, variables, fetch, args.out or fetch.out_dir)
-    print(report)
-    return 0 if not getattr(report, "failed", None) else 1
+    out = args.out or fetch.out_dir
+    if not args.verbose:  # the summary names every problem; per-request retries and errors only with --verbose
+        logging.getLogger("def_ray.data.fetch").setLevel(logging.CRITICAL)
+    try:
+        report = fetch_hrrr(start, end, variables, fetch, out)
+    except (ValueError, UnknownVariableError) as err:  # times, variables: refused before any request
+        raise ConfigError(str(err)) from None
+    print(f"fetch-hrrr {fetch.archive_url} {start:%Y-%m-%d %HZ} .. {end:%Y-%m-%d %HZ} -> {out}")
+    print(report.summary())
+    return 0 if report.ok else 1
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from def_ray.data.ingest import format_report, ingest
+    """Ingest, then print the summary; bad input exits 2 (ConfigError), failed files or a busy store exit 1."""
+    from def_ray.data.ingest import IngestError, format_report, ingest
+    from def_ray.data.lexicon import UnknownVariableError
+    from def_ray.data.zarr_store import StoreError
 
     cfg = config_from_args(args)
     variables = args.variables.split(",") if args.variables else cfg.data.variables
     sources = list(args.sources)
     if not sources:
         raise ConfigError("ingest needs GRIB2 files or URLs")
-    report = ingest(sources, args.out or cfg.data.store, variables, storage_options=cfg.data.storage.to_fsspec(),
-                    tile=args.tile or cfg.data.tile, shard=args.shard)
+    try:
+        report = ingest(sources, args.out or cfg.data.store, variables, storage_options=cfg.data.storage.to_fsspec(),
+                        tile=cfg.data.tile if args.tile is None else args.tile, shard=args.shard,
+                        overwrite=args.overwrite)
+    except (IngestError, UnknownVariableError) as err:
+        raise ConfigError(str(err)) from None
+    except StoreError as err:  # e.g. the store's lock stayed busy: the store is valid, run again later
+        print(f"def-ray ingest: {err}", file=sys.stderr)
+        return 1
     print(format_report(report))
     return 1 if report.failed else 0
 
@@ -84,13 +105,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _forecast_main(argv: Sequence[str]) -> int:
-    from def_ray.forecast.batch import main as forecast_main
+    from def_ray.commands import forecast_main
 
     return forecast_main(argv)
 
 
 def _verify_main(argv: Sequence[str]) -> int:
-    from def_ray.verify.workflow import main as verify_main
+    from def_ray.commands import verify_main
 
     return verify_main(argv)
 
@@ -129,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_parse_time, help="last cycle (inclusive)")
     p.add_argument("--variables", help="comma-separated short names (default: data.variables)")
     p.add_argument("--out", help="local folder (default: fetch.out_dir)")
+    p.add_argument("--verbose", "-v", action="store_true", help="log every retry and failed request as it happens")
     p.set_defaults(func=_cmd_fetch)
 
     p = sub.add_parser("ingest", help="GRIB2 files or URLs -> one Zarr v3 store (local or s3://)")
@@ -138,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variables", help="comma-separated short names (default: data.variables)")
     p.add_argument("--tile", type=int, help="spatial chunk edge (default: data.tile)")
     p.add_argument("--shard", action="store_true", help="one shard object per time step and variable")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace whatever is at --out; without it an existing def_ray store is continued and any "
+                        "other content is refused")
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("train", help="train the model of the config on Ray Train (TorchTrainer)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = 
     from def_ray.forecast.batch import run_forecast_job
     from def_ray.train.trainer import connect_ray
     from def_ray.verify.workflow import verify
+    from def_ray.viz.maps import forecast_map_set
+    from def_ray.viz.plots import verification_plots
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     cfg = demo_config(Path(out_dir), config_path, quick, overrides)
@@ -85,13 +88,14 @@ def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = 
                    mlflow_run_id=diff.mlflow_run_id, tracking_uri=diff.tracking_uri)
 
     _stage(f"4/5 {cfg.forecast.members}-member forecast across {cfg.forecast.num_actors} Ray actors, with maps")
-    fc = run_forecast_job(cfg, diff.checkpoint_path, plot=True)
+    fc = run_forecast_job(cfg, diff.checkpoint_path, overwrite=True,
+                          draw_maps=partial(forecast_map_set, members=cfg.forecast.map_members))
     print(f"forecast: {fc.path} ({fc.seconds:.1f} s); maps: {', '.join(str(p) for p in fc.maps)}")
     summary.update(forecast=str(fc.path), maps=[str(p) for p in fc.maps])
 
     _stage("5/5 verify against persistence, pysteps and the known probabilities")
     result = verify(cfg, {"diffusion": diff.checkpoint_path, "deterministic": det.checkpoint_path},
-                    synth_truth=True, mlflow_run_id=diff.mlflow_run_id)
+                    synth_truth=True, mlflow_run_id=diff.mlflow_run_id, plotter=verification_plots)
     print(result.paths["markdown"].read_text())
     summary["report"] = str(result.paths["markdown"])
 

@@ -16,7 +16,7 @@ try:
 except ImportError:  # run from a checkout (e.g. a job's working dir) where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from def_ray.forecast.batch import main as forecast_main
+from def_ray.commands import forecast_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

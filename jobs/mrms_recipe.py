@@ -40,13 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from def_ray.data.mrms import read_mrms_series
     from def_ray.demo import train_both
     from def_ray.verify.workflow import verify
+    from def_ray.viz.plots import verification_plots
 
     series = read_mrms_series(files, box=tuple(cfg.mrms.box), factor=cfg.mrms.factor,
                               min_coverage=cfg.mrms.min_coverage)
     print(format_report(ingest_dataset(series[cfg.data.variables], cfg.data.store, tile=cfg.data.tile)))
     det, diff = train_both(cfg)
     result = verify(cfg, {"diffusion": diff.checkpoint_path, "deterministic": det.checkpoint_path},
-                    mlflow_run_id=diff.mlflow_run_id)
+                    mlflow_run_id=diff.mlflow_run_id, plotter=verification_plots)
     print(result.paths["markdown"].read_text())
     return 0
 

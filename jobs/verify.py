@@ -14,7 +14,7 @@ try:
 except ImportError:  # run from a checkout (a job's working dir) where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from def_ray.verify.workflow import main
+from def_ray.commands import verify_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

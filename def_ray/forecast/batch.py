@@ -12,11 +12,8 @@ order, turned into the CF Dataset and written once (Zarr or NetCDF, local or s3:
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +22,16 @@ import numpy as np
 import ray
 import xarray as xr
 
-from def_ray.config import Config, ConfigError, SamplerConfig, load_config, parse_overrides
+from def_ray.config import Config, SamplerConfig
 from def_ray.data.normalise import Normaliser
 from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.forecast.ensemble import build_forecast_dataset
 from def_ray.forecast.forecaster import ForecastError, Forecaster
 from def_ray.forecast.members import MemberSampler, member_chunks
-from def_ray.forecast.writer import output_format, write_forecast
+from def_ray.forecast.writer import check_output_not_input, output_format, write_forecast
 
-__all__ = ["BatchResult", "sample_with_actors", "run_forecast_job", "main"]
+__all__ = ["BatchResult", "MapWriter", "maps_dir", "sample_with_actors", "run_forecast_job"]
 
 
 @dataclass
@@ -86,7 +83,12 @@ def sample_with_actors(model_uri: str, model_options: Mapping[str, Any], cond: n
             ray.kill(a)
 
 
-def _maps_dir(out: str) -> Path:
+MapWriter = Callable[[xr.Dataset, Path], list[Path]]
+"""(forecast Dataset, folder) -> PNG paths written: def_ray.viz.maps.forecast_map_set."""
+
+
+def maps_dir(out: str) -> Path:
+    """The folder of a forecast's maps: beside a local output, ./forecast_maps for a remote one."""
     if "://" in out and not out.startswith("file://"):
         return Path("forecast_maps")
     p = Path(out.removeprefix("file://").rstrip("/"))
@@ -95,15 +97,24 @@ def _maps_dir(out: str) -> Path:
 
 def run_forecast_job(cfg: Config, model_uri: str, *, init_time: Any = None, members: int | None = None,
                      lead_hours: int | None = None, out: str | None = None, seed: int | None = None,
-                     plot: bool = False, progress: bool = True) -> BatchResult:
-    """Sample, build and write one ensemble forecast with Ray actors (Ray must be initialised)."""
+                     draw_maps: MapWriter | None = None, overwrite: bool = False,
+                     progress: bool = True) -> BatchResult:
+    """Sample, build and write one ensemble forecast with Ray actors (Ray must be initialised).
+
+    The output must be a new path (or `overwrite`), never the input store or the checkpoint; `draw_maps`
+    (def_ray.viz.maps.forecast_map_set) also writes PNG maps beside it.
+    """
     started = time.perf_counter()
     fc_cfg = cfg.forecast
     members = fc_cfg.members if members is None else members
     lead_hours = fc_cfg.lead_hours if lead_hours is None else lead_hours
     out = out or fc_cfg.out
     seed = fc_cfg.seed if seed is None else seed
-    output_format(out)  # a bad extension fails before any sampling
+    try:  # a bad or forbidden output fails before any sampling
+        output_format(out)
+        check_output_not_input(out, [cfg.data.store, model_uri])
+    except ValueError as err:
+        raise ForecastError(str(err), field="out") from None
     if members < 1:
         raise ForecastError(f"members={members} must be >= 1", field="members")
     model_opts = resolve_storage_options(model_uri, cfg.train.storage.to_fsspec())
@@ -125,61 +136,9 @@ def run_forecast_job(cfg: Config, model_uri: str, *, init_time: Any = None, memb
     ds = build_forecast_dataset(ens, targets=fc.targets, init_time=init_time, step_seconds=fc.step_seconds(store),
                                 latitude=lat, longitude=lon, projection=store.projection,
                                 thresholds=fc_cfg.thresholds, quantiles=fc_cfg.quantiles, attrs=attrs)
-    path = write_forecast(ds, out, resolve_storage_options(out, fc_cfg.storage.to_fsspec()))
-    maps: list[Path] = []
-    if plot:
-        from def_ray.viz.maps import forecast_maps
-
-        for v in fc.targets:
-            maps += forecast_maps(ds, _maps_dir(out), v, members=fc_cfg.map_members)
-    return BatchResult(path=path, dataset=ds, maps=maps, seconds=time.perf_counter() - started)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="generate_ensemble_forecast",
-                                description="Ensemble forecast from a diffusion checkpoint, members sampled by Ray "
-                                            "actors (local Ray, or the cluster named by RAY_ADDRESS).")
-    p.add_argument("--model", required=True, help="checkpoint: local path, s3:// URL or MLflow URI (runs:/...)")
-    p.add_argument("--config", required=True, help="experiment YAML (data.store and the forecast section)")
-    p.add_argument("--members", type=int, help="ensemble size (default forecast.members)")
-    p.add_argument("--init-time", type=np.datetime64, help="initialisation time, e.g. 2024-06-01T18 "
-                                                           "(default: the last usable time of the store)")
-    p.add_argument("--lead-hours", type=int, help="hours ahead (default forecast.lead_hours)")
-    p.add_argument("--seed", type=int, help="forecast seed (default forecast.seed)")
-    p.add_argument("--out", help="output .zarr or .nc, local or s3:// (default forecast.out)")
-    p.add_argument("--plot", action="store_true", help="also write PNG maps beside the output")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. -o forecast.num_actors=4 (repeatable)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the job and of `def-ray forecast`; exit code 2 on bad input."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    started_ray = False
     try:
-        cfg = load_config(args.config, parse_overrides(args.override))
-        if not ray.is_initialized():
-            ray.init(log_to_driver=True)  # joins RAY_ADDRESS when set (ray job submit), else a local instance
-            started_ray = True
-        result = run_forecast_job(cfg, args.model, init_time=args.init_time, members=args.members,
-                                  lead_hours=args.lead_hours, out=args.out, seed=args.seed, plot=args.plot,
-                                  progress=not args.no_progress)
-    except (ConfigError, ForecastError) as err:
-        print(f"{parser.prog}: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if started_ray:
-            ray.shutdown()
-    print(f"forecast: {result.path} ({result.dataset.sizes['member']} members, "
-          f"{result.dataset.sizes['lead_time']} lead(s), {result.seconds:.1f} s)")
-    for m in result.maps:
-        print(f"map: {m}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        path = write_forecast(ds, out, resolve_storage_options(out, fc_cfg.storage.to_fsspec()), overwrite=overwrite)
+    except FileExistsError as err:
+        raise ForecastError(str(err), field="out") from None
+    maps = draw_maps(ds, maps_dir(out)) if draw_maps is not None else []
+    return BatchResult(path=path, dataset=ds, maps=maps, seconds=time.perf_counter() - started)

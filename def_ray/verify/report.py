@@ -148,17 +148,22 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+Plotter = Callable[[Path, Mapping[str, xr.DataArray], xr.DataArray, Sequence[float], Sequence[int]],
+                   Mapping[str, Path]]
+"""(folder, forecasts, truth, thresholds, FSS scales) -> {name: PNG path}: def_ray.viz.plots.verification_plots."""
+
+
 def write_report(out_dir: str | Path, scores: Mapping[str, Any], forecasts: Mapping[str, xr.DataArray],
                  truth: xr.DataArray, thresholds: Sequence[float], scales: Sequence[int],
-                 extra_sections: Sequence[str] = (), title: str = "def_ray verification") -> dict[str, Path]:
-    """report.md, scores.json and the plots; returns the paths written."""
-    from def_ray.viz import plots
-
+                 extra_sections: Sequence[str] = (), title: str = "def_ray verification",
+                 plotter: Plotter | None = None) -> dict[str, Path]:
+    """report.md, scores.json and, given a `plotter`, the plots; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "scores.json", "markdown": out / "report.md"}
     paths["json"].write_text(json.dumps(scores, indent=2, sort_keys=True))
-    paths.update(plots.verification_plots(out, forecasts, truth, thresholds, scales))
+    if plotter is not None:
+        paths.update(plotter(out, forecasts, truth, thresholds, scales))
     body = [f"# {title}", "", f"{truth.sizes['case']} case(s), variable `{truth.name}`, "
             f"leads {', '.join(str(int(v)) for v in truth.lead.values)}.", "",
             markdown_table(scores, thresholds), *extra_sections, "## Plots", ""]

@@ -7,7 +7,6 @@ calibration check: the model's exceedance probabilities against the process's ex
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import forecasters as fcs
 from def_ray.verify.calibration import deviation_interval, reliability_against_truth
-from def_ray.verify.report import Cases, run_forecasters, score, select_cases, write_report
+from def_ray.verify.report import Cases, Plotter, run_forecasters, score, select_cases, write_report
 
 @dataclass
 class VerifyResult:
@@ -113,7 +112,9 @@ def _calibration_section(cal: Mapping[str, Any]) -> str:
 
 def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = None, *,
            synth_truth: bool = False, mlflow_run_id: str | None = None,
-           progress: bool = True) -> VerifyResult:
+           progress: bool = True, plotter: Plotter | None = None) -> VerifyResult:
+    """Score the models and baselines on the same cases; write report.md, scores.json and (given a `plotter`,
+    e.g. def_ray.viz.plots.verification_plots) the plots."""
     v = cfg.verify
     store = ZarrStore(cfg.data.store, resolve_storage_options(cfg.data.store, cfg.data.storage.to_fsspec()))
     variable = cfg.data.target_variables[0]
@@ -136,7 +137,7 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
         sections.append(_calibration_section(calibration))
     out = Path(out_dir or v.out)
     paths = write_report(out, scores, forecasts, cases.truth, thresholds, v.scales, sections,
-                         title=f"def_ray verification: {cfg.name}")
+                         title=f"def_ray verification: {cfg.name}", plotter=plotter)
     if calibration:
         paths["calibration"] = out / "calibration_vs_truth.json"
         paths["calibration"].write_text(json.dumps(calibration, indent=2))
@@ -163,38 +164,3 @@ def log_to_mlflow(cfg: Config, run_id: str, out: Path, scores: Mapping[str, Any]
     except Exception as err:  # tracking must never lose the report
         print(f"verify: could not log to MLflow run {run_id}: {err}", file=sys.stderr)
         return False
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="def-ray verify", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--model", action="append", default=[], metavar="NAME=CKPT",
-                   help="a checkpoint to score, e.g. diffusion=runs/demo/best.pt (repeatable)")
-    p.add_argument("--out", help="report folder (default: verify.out)")
-    p.add_argument("--synth-truth", action="store_true",
-                   help="the store holds the config's synthetic scenes: check reliability against known probabilities")
-    p.add_argument("--mlflow-run-id", help="log the report to this MLflow run")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from def_ray.config import parse_overrides
-    from def_ray.config import load_config
-
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, parse_overrides(args.override))
-        models = {}
-        for item in args.model:
-            name, sep, path = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--model {item!r} is not NAME=CKPT")
-            models[name] = path
-        result = verify(cfg, models, args.out, synth_truth=args.synth_truth, mlflow_run_id=args.mlflow_run_id)
-    except ConfigError as err:
-        print(f"def-ray verify: {err}", file=sys.stderr)
-        return 2
-    print(result.paths["markdown"].read_text())
-    print(result)
-    return 0

@@ -107,3 +107,10 @@ def forecast_maps(ds: xr.Dataset, out_dir: str | Path, variable: str = "refc", m
     if not paths:
         raise ValueError(f"nothing to draw for {variable!r}")
     return paths
+
+
+def forecast_map_set(ds: xr.Dataset, out_dir: str | Path, members: int = 4) -> list[Path]:
+    """The maps of every forecast variable (the Dataset's `targets` attribute), as the batch job draws them."""
+    targets = ds.attrs.get("targets", [])
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    return [p for v in targets for p in forecast_maps(ds, out_dir, v, members=members)]

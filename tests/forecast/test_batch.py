@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import yaml
 
-from def_ray.forecast.batch import main, member_chunks
+from def_ray.commands import forecast_main as main
+from def_ray.forecast.members import member_chunks
 from def_ray.forecast.ensemble import regenerate_member
 from def_ray.testing import tiny_checkpoint, tiny_config, tiny_store
 from def_ray.forecast.writer import open_forecast

@@ -27,7 +27,7 @@ MEMBERS, SEED = 6, 11
 def setup(ray_session, tmp_path_factory):
     from ray import serve
 
-    from def_ray.forecast.batch import main as batch_main
+    from def_ray.commands import forecast_main as batch_main
     from def_ray.testing import tiny_checkpoint, tiny_config, tiny_store
     from def_ray.forecast.writer import open_forecast
     from def_ray.serve.app import forecast_app

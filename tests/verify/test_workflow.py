@@ -10,7 +10,7 @@ from def_ray.data.ingest import ingest_dataset
 from def_ray.data.synthetic import generate_scenes
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify.report import Cases, run_forecasters, score, select_cases
-from def_ray.verify.workflow import main as verify_main
+from def_ray.commands import verify_main
 
 
 @pytest.fixture(scope="module")
