@@ -119,6 +119,7 @@ def run_forecast_job(cfg: Config, model_uri: str, *, init_time: Any = None, memb
         raise ForecastError(f"members={members} must be >= 1", field="members")
     model_opts = resolve_storage_options(model_uri, cfg.train.storage.to_fsspec())
     fc = Forecaster.load(model_uri, model_opts, light=True)
+    fc.check_config(cfg.data)
     store = ZarrStore(cfg.data.store, resolve_storage_options(cfg.data.store, cfg.data.storage.to_fsspec()))
     if not store.exists():
         raise ForecastError(f"data.store: no def_ray store at {cfg.data.store}", field="init_time")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from def_ray.config import Config, SamplerConfig, config_from_dict
+from def_ray.config import Config, DataConfig, SamplerConfig, config_from_dict
 from def_ray.data.normalise import Normaliser, static_fields, static_scaling
 from def_ray.data.zarr_store import StoreError, ZarrStore
 from def_ray.models.description import ModelDescription
@@ -169,6 +169,18 @@ class Forecaster:
     @property
     def dt_steps(self) -> int:
         return self.description.dt_steps
+
+    def check_config(self, data: DataConfig) -> None:
+        """Refuse a config whose data section explicitly says otherwise than the checkpoint (unset keys are fine:
+        the checkpoint is what the model is)."""
+        d = self.description
+        model = {"variables": list(d.variables), "target_variables": list(d.targets), "n_past": d.n_past,
+                 "dt_steps": d.dt_steps, "static_fields": list(d.static_fields)}
+        for key in sorted(data.model_fields_set & model.keys()):
+            given = getattr(data, key)
+            if (list(given) if isinstance(given, (list, tuple)) else given) != model[key]:
+                raise ForecastError(f"data.{key}={given} in the config, but checkpoint {self.path} was trained with "
+                                    f"{key}={model[key]}: drop the key or use the matching checkpoint", field=key)
 
     def normaliser(self, store: ZarrStore | None = None) -> Normaliser:
         """The checkpoint's training statistics; for old checkpoints without them, the store's (said in `source`)."""

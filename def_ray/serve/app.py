@@ -249,6 +249,7 @@ class ForecastIngress:
         self.sampler = sampler
         self.cfg: Config = config_from_dict(config, "serve app config")
         self.forecaster = Forecaster.load(model_uri, model_options, light=True)
+        self.forecaster.check_config(self.cfg.data)
         store = ZarrStore(self.cfg.data.store,
                           resolve_storage_options(self.cfg.data.store, self.cfg.data.storage.to_fsspec()))
         self.store = store if store.exists() else None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from def_ray.config import SamplerConfig
+from def_ray.config import DataConfig, SamplerConfig
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import baselines
 
@@ -51,8 +51,8 @@ def steps_forecaster(store: ZarrStore, variable: str, lead_steps: int, n_past: i
 
 
 def model_forecaster(model_uri: str, store: ZarrStore, variable: str, lead_steps: int, members: int,
-                     sampler: SamplerConfig, seed: int = 0,
-                     storage_options: dict | None = None) -> CaseForecaster:
+                     sampler: SamplerConfig, seed: int = 0, storage_options: dict | None = None,
+                     data: DataConfig | None = None) -> CaseForecaster:
     """A trained checkpoint through the one forecaster (members=1 for the deterministic UNet), with the sampler
     options every other caller gets for the same config (``Forecaster.sampler_options``).
 
@@ -62,6 +62,8 @@ def model_forecaster(model_uri: str, store: ZarrStore, variable: str, lead_steps
     from def_ray.forecast.forecaster import Forecaster
 
     fc = Forecaster.load(model_uri, storage_options)
+    if data is not None:
+        fc.check_config(data)
     if variable not in fc.targets:
         raise ValueError(f"{model_uri} predicts {fc.targets}, not {variable!r}")
     k = fc.targets.index(variable)

@@ -55,7 +55,8 @@ def build_forecasters(cfg: Config, store: ZarrStore, models: Mapping[str, str], 
     for name, path in models.items():
         table[name] = fcs.model_forecaster(path, store, variable, lead_steps, members, cfg.forecast.sampler,
                                            seed=cfg.forecast.seed,
-                                           storage_options=resolve_storage_options(path, cfg.train.storage.to_fsspec()))
+                                           storage_options=resolve_storage_options(path, cfg.train.storage.to_fsspec()),
+                                           data=cfg.data)
     return table
 
 

@@ -64,3 +64,19 @@ def test_job_refuses_an_init_time_outside_the_store(ray_session, job_files, caps
     err = capsys.readouterr().err
     assert "init_time 2030-01-01T00:00:00" in err and "committed times of" in err
     assert not (root / "never.nc").exists()
+
+
+@pytest.mark.ray
+def test_job_refuses_a_config_that_contradicts_the_checkpoint_and_an_output_onto_its_input(ray_session, job_files,
+                                                                                           capsys):
+    root, store, ckpt, cfg_path = job_files
+    before = sorted(p.name for p in (root / "s.zarr").rglob("*"))
+    rc = main(["--model", ckpt, "--config", str(cfg_path), "--out", str(root / "t.nc"), "--no-progress",
+               "-o", "data.target_variables=[t2m]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "data.target_variables=['t2m'] in the config" in err and "['refc']" in err
+    assert len(err.strip().splitlines()) == 1 and not (root / "t.nc").exists()
+    rc = main(["--model", ckpt, "--config", str(cfg_path), "--out", store.url, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is the same location as input" in err
+    assert sorted(p.name for p in (root / "s.zarr").rglob("*")) == before  # the input store is untouched

@@ -163,3 +163,17 @@ def test_sampler_options_checkpoint_defaults_then_config_keys_then_overrides(tin
     assert (opts.name, opts.steps, opts.eta, opts.spread_scale) == ("ddim", 2, 0.4, 1.5)
     with pytest.raises(ForecastError, match="without its network"):
         fc.sample(np.zeros((6, 16, 16), np.float32), 1, 1, opts, seed=0)
+
+
+def test_a_config_that_contradicts_the_checkpoint_is_refused_naming_both(tiny):
+    from def_ray.config import DataConfig
+
+    store, _, fm, _ = tiny
+    fm.check_config(DataConfig())  # keys a config leaves unset are the checkpoint's
+    fm.check_config(DataConfig(variables=["refc", "t2m", "cape"], n_past=2))
+    with pytest.raises(ForecastError, match=r"data.target_variables=\['t2m'\] in the config, but checkpoint .* "
+                                            r"target_variables=\['refc'\]") as e:
+        fm.check_config(DataConfig(variables=["refc", "t2m", "cape"], target_variables=["t2m"]))
+    assert e.value.field == "target_variables"
+    with pytest.raises(ForecastError, match="data.n_past=4"):
+        fm.check_config(DataConfig(n_past=4))
