@@ -14,12 +14,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import fsspec
 
@@ -28,7 +28,7 @@ from def_ray.data.idx import IdxError, IdxRecord, format_idx, merge_ranges, pars
 from def_ray.data.lexicon import check_variables, lookup
 
 __all__ = ["FetchError", "TruncatedTransfer", "FetchedFile", "HourProblem", "FetchReport", "archive_relpath",
-           "hourly_cycles", "is_transient", "retry_call", "fetch_hrrr", "fetch_from_config"]
+           "hourly_cycles", "is_transient", "retry_call", "storage_options_for", "fetch_hrrr", "fetch_from_config"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +40,32 @@ class FetchError(RuntimeError):
 
 class TruncatedTransfer(OSError):
     """A range request returned fewer bytes than asked for; worth retrying."""
+
+
+# ------------------------------------------------------------------------------------------------ storage options
+
+# options only S3 understands; other filesystems hand unknown options on to their client (HTTP: to every aiohttp
+# request, which fails with "unexpected keyword argument 'anon'")
+_S3_ONLY = frozenset({"anon", "key", "secret", "token", "endpoint_url", "region_name", "config_kwargs",
+                      "s3_additional_kwargs", "requester_pays", "version_aware", "profile", "use_ssl"})
+_S3_CLIENT_ONLY = frozenset({"endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key",
+                             "aws_session_token", "verify"})
+
+
+def storage_options_for(url: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The part of `options` meant for the filesystem of `url`: S3 options reach s3:// URLs only.
+
+    Configs describe one object store (StorageOptions: anon, endpoint, region), while archives and sources may be
+    any fsspec URL; options the filesystem would not understand are dropped, the others are kept.
+    """
+    opts = dict(options or {})
+    if fsspec.utils.get_protocol(str(url)) in ("s3", "s3a"):
+        return opts
+    kept = {k: v for k, v in opts.items() if k not in _S3_ONLY}
+    client = {k: v for k, v in dict(kept.pop("client_kwargs", None) or {}).items() if k not in _S3_CLIENT_ONLY}
+    if client:
+        kept["client_kwargs"] = client
+    return kept
 
 
 # ------------------------------------------------------------------------------------------------------- retrying
@@ -159,15 +185,30 @@ class FetchReport:
     def ok(self) -> bool:
         return not (self.missing_hours or self.failed_hours or self.missing_variables)
 
-    def summary(self) -> str:
+    def summary(self, limit: int = 8) -> str:
+        """Totals, then at most `limit` lines per kind of problem: a month of failed hours still fits a screen."""
+        status = "complete" if self.ok else (f"INCOMPLETE: {len(self.missing_hours)} missing hour(s), "
+                                             f"{len(self.failed_hours)} failed hour(s), "
+                                             f"{len(self.missing_variables)} hour(s) lacking variables")
         lines = [f"{len(self.fetched)} file(s) fetched, {len(self.skipped)} already complete, "
                  f"{self.bytes_transferred / 2**20:.1f} MiB of GRIB in "
-                 f"{sum(f.requests for f in self.files)} range request(s)"]
-        lines += [f"missing hour {p.cycle:%Y-%m-%d %HZ}: {p.reason}" for p in self.missing_hours]
-        lines += [f"failed hour {p.cycle:%Y-%m-%d %HZ}: {p.reason}" for p in self.failed_hours]
-        lines += [f"{c:%Y-%m-%d %HZ}: not in the inventory: {', '.join(v)}"
-                  for c, v in sorted(self.missing_variables.items())]
+                 f"{sum(f.requests for f in self.files)} range request(s); {status}"]
+        lines += _first(limit, "missing hour(s)", [f"missing hour {p.cycle:%Y-%m-%d %HZ}: {p.reason}"
+                                                   for p in self.missing_hours])
+        lines += _first(limit, "failed hour(s)", [f"failed hour {p.cycle:%Y-%m-%d %HZ}: {p.reason}"
+                                                  for p in self.failed_hours])
+        lines += _first(limit, "hour(s) with missing variables",
+                        [f"{c:%Y-%m-%d %HZ}: not in the inventory: {', '.join(v)}"
+                         for c, v in sorted(self.missing_variables.items())])
         return "\n".join(lines)
+
+
+def _first(limit: int, what: str, lines: list[str], width: int = 200) -> list[str]:
+    """At most `limit` of lines, each cut to `width` characters, the rest counted in the last line."""
+    cut = [line if len(line) <= width else line[:width - 3] + "..." for line in lines]
+    if len(cut) <= limit:
+        return cut
+    return [*cut[:limit - 1], f"... and {len(cut) - limit + 1} more {what}"]
 
 
 # ---------------------------------------------------------------------------------------------------------- fetch
@@ -303,7 +344,8 @@ def fetch_hrrr(start: datetime, end: datetime, variables: Sequence[str], cfg: Fe
         raise ValueError("fetch_hrrr: no variables requested")
     cycles = hourly_cycles(start, end)
     out = Path(out_dir if out_dir is not None else cfg.out_dir)
-    fs, root = fsspec.core.url_to_fs(cfg.archive_url, **cfg.storage.to_fsspec())
+    fs, root = fsspec.core.url_to_fs(cfg.archive_url,
+                                     **storage_options_for(cfg.archive_url, cfg.storage.to_fsspec()))
     root = root.rstrip("/")
     base_url = cfg.archive_url.rstrip("/")
 

@@ -5,7 +5,9 @@ How a run goes:
 2. sources are grouped by valid time, so files holding different variables of one time (HRRR byte-range
    fetches give one file per field) make one step; two files holding the same variable at the same time are a
    caller error, raised before anything is written;
-3. the driver creates the store (or opens it to continue) and grows its time axis once (`ensure_times`);
+3. the driver creates the store (or opens it to continue) and grows its time axis once (`ensure_times`); a
+   path holding anything else is refused unless overwrite=True, and runs into one store may overlap in time
+   (the store's lock serialises creating and growing it: see def_ray.data.zarr_store);
 4. one Ray task per step not yet committed decodes its files and calls `ZarrStore.write_step` (all variables,
    then the committed flag), so a crash leaves no half-written step visible and a re-run redoes only what is
    missing;
@@ -30,7 +32,8 @@ import xarray as xr
 from def_ray.data.grib import GribDecodeError, GribInventory, decode_grib, scan_grib
 from def_ray.data.grid import LambertGrid
 from def_ray.data.lexicon import check_variables
-from def_ray.data.zarr_store import StoreError, ZarrStore
+from def_ray.data.fetch import storage_options_for
+from def_ray.data.zarr_store import ForeignPathError, StoreError, StoreExistsError, ZarrStore
 
 __all__ = ["IngestError", "FailedSource", "IngestReport", "ingest", "ingest_dataset", "format_report"]
 
@@ -73,24 +76,27 @@ class IngestReport:
         return not self.failed
 
 
-def format_report(report: IngestReport) -> str:
-    """Human summary of a run; failures last, one line each (file, message, reason)."""
+def format_report(report: IngestReport, max_failures: int = 10) -> str:
+    """Human summary of a run; failures last, one line each (file, message, reason), at most `max_failures`."""
     lines = [f"ingest into {report.store} ({', '.join(report.variables)}): {len(report.written)} step(s) written, "
              f"{len(report.skipped)} already committed, {len(report.failed)} failure(s) "
              f"[{report.bytes_in / 1e6:.1f} MB in {report.seconds:.1f} s]"]
     if report.written:
         lines.append(f"  written: {min(report.written)} .. {max(report.written)}")
-    for f in report.failed:
+    shown = report.failed if len(report.failed) <= max_failures else report.failed[:max_failures - 1]
+    for f in shown:
         where = f" (message {f.message} at byte {f.offset})" if f.message is not None else ""
         when = f" [step {f.valid_time}]" if f.valid_time is not None else ""
         lines.append(f"  FAILED {f.source}{where}{when}: {f.reason}")
+    if len(shown) < len(report.failed):
+        lines.append(f"  ... and {len(report.failed) - len(shown)} more failure(s)")
     return "\n".join(lines)
 
 
 # -- work done in Ray tasks (plain functions, also called in-process when parallel=False) -----------------------
 def _scan(source: str, storage_options: Mapping[str, Any] | None) -> GribInventory | FailedSource:
     try:
-        return scan_grib(source, storage_options)
+        return scan_grib(source, storage_options_for(source, storage_options))
     except GribDecodeError as err:
         return FailedSource.from_error(err)
 
@@ -111,7 +117,8 @@ def _write_step(store: ZarrStore, t: np.datetime64, parts: Sequence[tuple[str, l
     fields: dict[str, np.ndarray] = {}
     for source, variables in parts:
         try:
-            ds = decode_grib(source, variables, storage_options, valid_time=t, step_range=step_range)
+            ds = decode_grib(source, variables, storage_options_for(source, storage_options), valid_time=t,
+                             step_range=step_range)
         except GribDecodeError as err:
             others = [s for s, _ in parts if s != source]
             note = f" (step not written; its other files {others} are fine)" if others else ""
@@ -180,12 +187,16 @@ def _ensure_ray() -> bool:
 
 def _open_or_create(out: str, storage_options: Mapping[str, Any] | None, variables: Sequence[str],
                     lat: np.ndarray, lon: np.ndarray, t0: np.datetime64, dt_seconds: int, tile: int, shard: bool,
-                    projection: Mapping[str, Any], source: str) -> ZarrStore:
-    store = ZarrStore(out, storage_options, mode="a")
-    if not store.exists():
+                    projection: Mapping[str, Any], source: str, overwrite: bool) -> ZarrStore:
+    """A new store at `out`, or the def_ray store there checked to fit the data (another run may be creating it)."""
+    try:
         return ZarrStore.create(out, variables=variables, latitude=lat, longitude=lon, t0=t0, dt_seconds=dt_seconds,
                                 tile=tile, shard=shard, projection=projection, source=source,
-                                storage_options=storage_options)
+                                storage_options=storage_options, overwrite=overwrite)
+    except StoreExistsError:
+        store = ZarrStore(out, storage_options, mode="a")
+    except (ForeignPathError, ValueError) as err:
+        raise IngestError(str(err)) from None
     if sorted(store.variables) != sorted(variables):
         raise IngestError(f"store {out} holds variables {store.variables}, not {list(variables)}; "
                           f"ingest these into a new store")
@@ -199,6 +210,22 @@ def _open_or_create(out: str, storage_options: Mapping[str, Any] | None, variabl
     if differ:
         raise IngestError(f"store {out} lies on another grid than the data ({', '.join(differ)} differ)")
     return store
+
+
+def _check_numbers(**values: int | None) -> None:
+    """Sizes that must be whole numbers >= 1 (None: a default chosen later), checked before any work starts."""
+    bad = [f"{k}={v!r}" for k, v in values.items()
+           if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1)]
+    if bad:
+        raise IngestError(f"{', '.join(bad)}: expected a whole number >= 1")
+
+
+def _check_target(out: str, store_options: Mapping[str, Any] | None, overwrite: bool) -> None:
+    """Refuse a path holding something else before the sources are read (ZarrStore.create checks it again)."""
+    try:
+        ZarrStore.check_target(out, store_options, overwrite)
+    except ForeignPathError as err:
+        raise IngestError(str(err)) from None
 
 
 def _plan(inventories: Iterable[GribInventory], variables: Sequence[str], failed: list[FailedSource]
@@ -248,11 +275,13 @@ def _plan(inventories: Iterable[GribInventory], variables: Sequence[str], failed
 def ingest(sources: Sequence[str], out: str, variables: Sequence[str], *,
            storage_options: Mapping[str, Any] | None = None, store_options: Mapping[str, Any] | None = None,
            tile: int = 256, shard: bool = False, dt_seconds: int = 3600, step_range: str | None = None,
-           parallel: bool = True, progress: bool = True) -> IngestReport:
+           parallel: bool = True, progress: bool = True, overwrite: bool = False) -> IngestReport:
     """Ingest GRIB2 files into the store at `out` (created if absent, else continued); see the module doc.
 
-    storage_options are for reading the sources, store_options for the store (default: storage_options).
-    step_range picks among accumulation messages of one variable (see def_ray.data.grib).
+    storage_options are for reading the sources, store_options for the store (default: storage_options); each
+    source and the store get only the options of their own filesystem.  step_range picks among accumulation
+    messages of one variable (see def_ray.data.grib).  A path holding anything but a def_ray store is refused
+    (IngestError) unless overwrite=True, which also replaces an existing store.
     """
     started = time.perf_counter()
     variables = list(variables)
@@ -261,8 +290,10 @@ def ingest(sources: Sequence[str], out: str, variables: Sequence[str], *,
         raise IngestError("no sources given")
     if len(set(variables)) != len(variables):
         raise IngestError(f"duplicate variables in {variables}")
-    store_options = storage_options if store_options is None else store_options
+    _check_numbers(tile=tile, dt_seconds=dt_seconds)
+    store_options = storage_options_for(out, storage_options if store_options is None else store_options)
     out = _absolute(out)
+    _check_target(out, store_options, overwrite)
     sources = list(dict.fromkeys(_absolute(s) for s in sources))
     report = IngestReport(store=out, variables=variables)
     started_ray = parallel and _ensure_ray()
@@ -282,7 +313,7 @@ def ingest(sources: Sequence[str], out: str, variables: Sequence[str], *,
         grid = grids[times[0]]
         lat, lon = grid.latlon()
         store = _open_or_create(out, store_options, variables, lat, lon, times[0], dt_seconds, tile, shard,
-                                grid.attrs(), "GRIB2 via def_ray.data.ingest")
+                                grid.attrs(), "GRIB2 via def_ray.data.ingest", overwrite)
         todo = []
         for t in times:
             if grids[t] != grid:
@@ -319,13 +350,15 @@ def ingest(sources: Sequence[str], out: str, variables: Sequence[str], *,
 
 def ingest_dataset(ds: xr.Dataset, out: str, variables: Sequence[str] | None = None, *,
                    storage_options: Mapping[str, Any] | None = None, tile: int = 256, shard: bool = False,
-                   dt_seconds: int | None = None, progress: bool = True) -> IngestReport:
+                   dt_seconds: int | None = None, progress: bool = True, overwrite: bool = False) -> IngestReport:
     """Write an in-memory (time, y, x) dataset (synthetic scenes, MRMS series) through the same step writes.
 
     `ds` needs 2-D latitude/longitude coordinates; its attrs["projection"] is stored if present.  dt_seconds
     defaults to the smallest spacing of ds.time; every time must lie on that axis.  Committed steps are skipped.
+    `overwrite` as for `ingest`.
     """
     started = time.perf_counter()
+    _check_numbers(tile=tile, dt_seconds=dt_seconds)
     if "time" not in ds.dims or "latitude" not in ds.coords or "longitude" not in ds.coords:
         raise IngestError(f"ingest_dataset needs dims (time, y, x) and 2-D latitude/longitude coordinates; "
                           f"got dims {dict(ds.sizes)} and coords {list(ds.coords)}")
@@ -344,11 +377,13 @@ def ingest_dataset(ds: xr.Dataset, out: str, variables: Sequence[str] | None = N
             raise IngestError("one time step: pass dt_seconds")
         dt_seconds = int(gaps.min())
     out = _absolute(out)
+    _check_target(out, storage_options_for(out, storage_options), overwrite)
     report = IngestReport(store=out, variables=variables)
     lat, lon = ds["latitude"].values, ds["longitude"].values
     projection = ds.attrs.get("projection") or {k: ds.attrs[k] for k in _PROJECTION_KEYS if k in ds.attrs}
-    store = _open_or_create(out, storage_options, variables, lat, lon, times.min(), dt_seconds, tile, shard,
-                            dict(projection), str(ds.attrs.get("source", "xarray dataset")))
+    store = _open_or_create(out, storage_options_for(out, storage_options), variables, lat, lon, times.min(),
+                            dt_seconds, tile, shard, dict(projection), str(ds.attrs.get("source", "xarray dataset")),
+                            overwrite)
     todo = []
     for k, t in enumerate(times):
         if store.is_committed(t):
