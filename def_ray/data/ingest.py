@@ -38,6 +38,10 @@ from def_ray.data.zarr_store import ForeignPathError, StoreError, StoreExistsErr
 __all__ = ["IngestError", "FailedSource", "IngestReport", "ingest", "ingest_dataset", "format_report"]
 
 _GRID_FIELDS = ("ny", "nx", "dx_m", "dy_m", "lat_0", "lat_1", "lat_2", "lon_0", "first_lat", "first_lon")
+# GRIB2 stores angles in micro-degrees and lengths in millimetres: a grid read back from GRIB2 differs from the
+# same grid computed in floating point by up to half of that
+_GRID_TOLERANCE = {"dx_m": 1e-3, "dy_m": 1e-3}
+_DEGREE_TOLERANCE = 1e-6
 # a dataset may carry the projection flat in its attrs (as def_ray.data.synthetic does) instead of attrs["projection"]
 _PROJECTION_KEYS = tuple(LambertGrid().attrs())
 
@@ -185,6 +189,13 @@ def _ensure_ray() -> bool:
     return True
 
 
+def _same(key: str, a: Any, b: Any) -> bool:
+    """Grid parameters equal up to the precision GRIB2 stores them with."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= _GRID_TOLERANCE.get(key, _DEGREE_TOLERANCE)
+    return a == b
+
+
 def _open_or_create(out: str, storage_options: Mapping[str, Any] | None, variables: Sequence[str],
                     lat: np.ndarray, lon: np.ndarray, t0: np.datetime64, dt_seconds: int, tile: int, shard: bool,
                     projection: Mapping[str, Any], source: str, overwrite: bool) -> ZarrStore:
@@ -206,7 +217,7 @@ def _open_or_create(out: str, storage_options: Mapping[str, Any] | None, variabl
         raise IngestError(f"store {out} has a {store.shape[1]} x {store.shape[2]} grid, the data "
                           f"{lat.shape[0]} x {lat.shape[1]}")
     have = store.projection
-    differ = [k for k in _GRID_FIELDS if k in have and k in projection and have[k] != projection[k]]
+    differ = [k for k in _GRID_FIELDS if k in have and k in projection and not _same(k, have[k], projection[k])]
     if differ:
         raise IngestError(f"store {out} lies on another grid than the data ({', '.join(differ)} differ)")
     return store

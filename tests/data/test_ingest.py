@@ -17,7 +17,8 @@ from def_ray.config import SynthConfig
 from def_ray.data.grib import decode_grib
 from def_ray.data.grib_writer import write_grib2
 from def_ray.data.grid import HRRR_GRID
-from def_ray.data.ingest import IngestError, format_report, ingest, ingest_dataset
+from def_ray.cli import main
+from def_ray.data.ingest import FailedSource, IngestError, IngestReport, format_report, ingest, ingest_dataset
 from def_ray.data.synthetic import generate_scenes
 from def_ray.data.zarr_store import ZarrStore
 
@@ -134,6 +135,82 @@ def test_conflicting_and_invalid_requests(scenes, tmp_path):
                                        CFG.start + timedelta(minutes=90), grid))], out, VARS, parallel=False,
                       progress=False)
     assert "not on the store's 3600 s axis" in off_axis.failed[0].reason and not off_axis.written
+
+
+def test_a_path_that_is_not_a_store_is_refused_unless_overwrite(scenes, tmp_path):
+    paths = _write_split(scenes, tmp_path / "in", hours=[0, 1, 2, 3])
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    refusal = f"{folder} exists and is not a def_ray store; pass --overwrite (overwrite=True) to replace it"
+    with pytest.raises(IngestError) as err:
+        ingest(paths, str(folder), VARS, parallel=False, progress=False)
+    assert str(err.value) == refusal
+    with pytest.raises(IngestError, match="exists and is not a def_ray store"):
+        ingest_dataset(scenes, str(folder), tile=16, progress=False)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+    report = ingest(paths[:4], str(folder), VARS, tile=16, parallel=False, progress=False, overwrite=True)
+    assert report.ok and len(report.written) == 2 and not (folder / "notes.txt").exists()
+    resumed = ingest(paths, str(folder), VARS, tile=16, parallel=False, progress=False)  # a store is continued
+    assert len(resumed.skipped) == 2 and len(resumed.written) == 2
+    # the same grid from GRIB2 (micro-degrees) and from the dataset (floats) continues one store
+    assert len(ingest_dataset(scenes, str(folder), tile=16, progress=False).written) == 2
+    fresh = ingest_dataset(scenes.isel(time=[4, 5]), str(folder), tile=16, progress=False, overwrite=True)
+    assert len(fresh.written) == 2 and ZarrStore(str(folder)).shape[0] == 2  # overwrite replaces a store too
+
+
+@pytest.mark.parametrize("tile", [-1, 0])
+def test_bad_sizes_fail_before_anything_is_read_or_written(scenes, tmp_path, tile):
+    out = tmp_path / "s.zarr"
+    with pytest.raises(IngestError, match=f"tile={tile}: expected a whole number >= 1"):
+        ingest(["never-read.grib2"], str(out), VARS, tile=tile, parallel=False, progress=False)
+    with pytest.raises(IngestError, match=f"tile={tile}: expected a whole number >= 1"):
+        ingest_dataset(scenes, str(out), tile=tile, progress=False)
+    assert not out.exists()
+
+
+def test_the_summary_stays_short_however_many_files_fail():
+    report = IngestReport(store="s.zarr", variables=["refc"],
+                          failed=[FailedSource(f"f{k:02d}.grib2", "truncated", 1, None, 0) for k in range(25)])
+    lines = format_report(report).splitlines()
+    assert len(lines) == 11 and "25 failure(s)" in lines[0]
+    assert lines[1] == "  FAILED f00.grib2 (message 1 at byte 0): truncated" and lines[-1] == "  ... and 16 more failure(s)"
+
+
+# -- the command line: bad input exits 2 with one line, failures exit 1, every run ends with its summary ---------
+def test_cli_refuses_bad_input_with_one_line_and_status_2(scenes, tmp_path, capsys):
+    paths = _write_split(scenes, tmp_path / "in", hours=[0])
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    cases = [
+        (["--out", str(folder)], f"def-ray: {folder} exists and is not a def_ray store; pass --overwrite "
+                                 f"(overwrite=True) to replace it"),
+        (["--out", str(tmp_path / "new.zarr"), "--tile", "-1"], "def-ray: tile=-1: expected a whole number >= 1"),
+        (["--out", str(tmp_path / "new.zarr"), "--variables", "refc,reflectivity"], "def-ray: unknown variable(s)"),
+    ]
+    for extra, message in cases:
+        assert main(["ingest", *paths, "--variables", ",".join(VARS), *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith(message), err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"] and not (tmp_path / "new.zarr").exists()
+
+
+@pytest.mark.ray
+def test_cli_ingest_prints_its_summary_and_exits_1_on_failures(scenes, ray_session, tmp_path, capsys):
+    paths = _write_split(scenes, tmp_path / "in", hours=[0, 1, 2])
+    out = str(tmp_path / "cli.zarr")
+    args = ["ingest", "--variables", ",".join(VARS), "--out", out, "--tile", "16"]
+    assert main([*args, *paths[:4]]) == 0
+    text = capsys.readouterr().out
+    assert f"ingest into {out} (refc, t2m, u10): 2 step(s) written, 0 already committed, 0 failure(s)" in text
+    broken = tmp_path / "in" / "broken.grib2"
+    broken.write_bytes(b"GRIB" + b"\0" * 60)
+    assert main([*args, *paths, str(broken)]) == 1
+    text = capsys.readouterr().out
+    assert "1 step(s) written, 2 already committed, 1 failure(s)" in text and f"FAILED {broken}" in text
+    assert ZarrStore(out).committed_mask().tolist() == [True, True, True]
 
 
 @pytest.mark.ray
