@@ -142,6 +142,9 @@ class DataConfig(_Section):
     tile: int = Field(256, ge=8, description="spatial chunk edge in the Zarr store")
     crop: int | None = Field(None, ge=8, description="random square training crop; None = full frames")
     static_fields: list[Literal["latitude", "longitude"]] = Field(default_factory=list)
+    transforms: dict[str, Literal["none", "log"]] = Field(
+        default_factory=dict, description="per-variable transform before normalisation: 'log' = log10(x + 0.1 mm) "
+        "for rain (def_ray.data.normalise); unlisted variables are not transformed")
     # splits: fractions of the store's committed time axis, in time order, separated by `gap_steps`
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
@@ -163,6 +166,9 @@ class DataConfig(_Section):
         missing = [v for v in self.target_variables if v not in self.variables]
         if missing:
             raise ValueError(f"target_variables {missing} are not in data.variables {self.variables}")
+        stray = [v for v in self.transforms if v not in self.variables]
+        if stray:
+            raise ValueError(f"transforms name {stray}, which are not in data.variables {self.variables}")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction leave less than 10% of the data to train on")
         return self

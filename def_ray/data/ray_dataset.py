@@ -29,7 +29,7 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from def_ray.data.layout import ChannelLayout
-from def_ray.data.normalise import Normaliser, static_fields, static_scaling
+from def_ray.data.normalise import Normaliser, static_fields, static_scaling, transform
 from def_ray.data.windows import Splits, WindowError, frame_offsets, split_windows, window_times
 from def_ray.data.zarr_store import StoreError, ZarrStore
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from def_ray.config import DataConfig
 
 __all__ = ["WindowSpec", "WindowReader", "WindowData", "WindowDatasource", "prepare_windows",
-           "resolve_storage_options"]
+           "training_normaliser", "resolve_storage_options"]
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,31 @@ class WindowData:
         return ray.data.read_datasource(ds)
 
 
+def training_normaliser(store: ZarrStore, variables: Sequence[str], time_indices: Sequence[int],
+                        transforms: Mapping[str, str]) -> Normaliser:
+    """Mean and std of each variable over the given (training) steps, of its transformed values where it has a
+    transform (read frame by frame; untransformed variables use the store's per-step sums)."""
+    stats = store.stats(list(time_indices))
+    mean = {v: stats[v].mean for v in variables}
+    std = {v: stats[v].std for v in variables}
+    committed = store.committed_mask()
+    for v in variables:
+        name = transforms.get(v, "none")
+        if name == "none":
+            continue
+        s = ss = n = 0.0
+        for i in (int(i) for i in time_indices if committed[int(i)]):
+            t = transform(store.read(v, i), name).astype(np.float64)
+            t = t[np.isfinite(t)]
+            s, ss, n = s + t.sum(), ss + (t * t).sum(), n + t.size
+        if n == 0:
+            raise WindowError(f"data.transforms: {v} has no finite values in the training steps")
+        mean[v] = s / n
+        std[v] = float(np.sqrt(max(ss / n - mean[v] ** 2, 0.0))) or 1.0
+    transforms = {v: t for v, t in transforms.items() if t != "none" and v in variables}
+    return Normaliser(mean, std, f"training split of {store.url}", transforms)
+
+
 def resolve_storage_options(url: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """fsspec options for `url`: the given ones for remote URLs, none for local paths.
 
@@ -276,10 +301,7 @@ def prepare_windows(data_cfg: DataConfig, storage_options: Mapping[str, Any] | N
     except WindowError as err:
         raise WindowError(f"data (store {data_cfg.store}): {err}") from None
     train_times = window_times(splits.train, data_cfg.n_past, data_cfg.dt_steps)
-    stats = store.stats(train_times.tolist())
-    variables = data_cfg.variables
-    normaliser = Normaliser({v: stats[v].mean for v in variables}, {v: stats[v].std for v in variables},
-                            f"training split of {store.url}")
+    normaliser = training_normaliser(store, data_cfg.variables, train_times, dict(data_cfg.transforms))
     names = tuple(data_cfg.static_fields)
     lat, lon = store.latlon() if names else (None, None)
     scaling = static_scaling(lat, lon, names) if names else {}
