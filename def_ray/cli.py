@@ -63,7 +63,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if not args.verbose:  # the summary names every problem; per-request retries and errors only with --verbose
         logging.getLogger("def_ray.data.fetch").setLevel(logging.CRITICAL)
     try:
-        report = fetch_hrrr(start, end, variables, fetch, out)
+        report = fetch_hrrr(start, end, variables, fetch, out, progress=sys.stdout.isatty())
     except (ValueError, UnknownVariableError) as err:  # times, variables: refused before any request
         raise ConfigError(str(err)) from None
     print(f"fetch-hrrr {fetch.archive_url} {start:%Y-%m-%d %HZ} .. {end:%Y-%m-%d %HZ} -> {out}")

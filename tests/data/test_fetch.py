@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import free_port
+from def_ray.cli import main
 from def_ray.config import FetchConfig, StorageOptions
 from def_ray.data.fetch import (TruncatedTransfer, archive_relpath, fetch_hrrr, hourly_cycles, is_transient,
-                                retry_call)
+                                retry_call, storage_options_for)
 from def_ray.data.idx import make_idx, parse_idx
 
 TMP, UGRD, SHEAR, HPBL = ("hrrr.t06z.wrfsfcf01-TMP.grib2", "hrrr.t06z.wrfsfcf01-UGRD.grib2",
@@ -255,3 +257,93 @@ def test_config_rejects_unknown_fetch_variables_and_reversed_times():
         FetchConfig(start=H[2], end=H[0])
     with pytest.raises(Exception, match="unknown variable"):
         fetch_hrrr(H[0], H[0], ["nope"], FetchConfig(), progress=False)
+
+
+# -- any fsspec URL as the archive, and what the command line says ---------------------------------------------------
+C12 = datetime(2024, 6, 1, 12)
+
+
+@pytest.fixture
+def http_archive(tmp_path):
+    """A real HTTP server on loopback serving two hours of a small synthetic archive (GRIB2 + .idx each)."""
+    from def_ray.data.grib_writer import write_grib2
+    from def_ray.data.grid import HRRR_GRID
+
+    grid = HRRR_GRID.crop(400, 900, 12, 16)
+    rng = np.random.default_rng(5)
+    root = tmp_path / "www"
+    fields = {}
+    for h in (0, 1):
+        cycle = C12.replace(hour=12 + h)
+        fields[cycle] = {"refc": rng.normal(20, 9, (grid.ny, grid.nx)).astype("float32"),
+                         "t2m": rng.normal(295, 2, (grid.ny, grid.nx)).astype("float32"),
+                         "u10": rng.normal(3, 1, (grid.ny, grid.nx)).astype("float32")}
+        path = write_grib2(root / archive_relpath(cycle, "wrfsfcf", 0), fields[cycle], cycle, grid)
+        Path(str(path) + ".idx").write_text(make_idx(path))
+    handler = type("Plain", (_FlakyRangeHandler,), {"fail": 0, "grib_gets": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", fields
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_cli_fetches_from_an_http_archive_with_the_default_s3_options(http_archive, tmp_path, capsys):
+    """fetch.storage defaults to anon=True (for NOAA's bucket): an http:// archive must not receive it."""
+    from def_ray.data.grib import decode_grib
+
+    url, fields = http_archive
+    assert FetchConfig().storage.to_fsspec() == {"anon": True}
+    out = tmp_path / "grib"
+    code = main(["fetch-hrrr", "--start", "2024-06-01T12", "--end", "2024-06-01T13", "--variables", "refc,u10",
+                 "--out", str(out), "-o", f"fetch.archive_url={url}", "-o", "fetch.retries=0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured
+    assert captured.out.splitlines() == [
+        f"fetch-hrrr {url} 2024-06-01 12Z .. 2024-06-01 13Z -> {out}",
+        "2 file(s) fetched, 0 already complete, 0.0 MiB of GRIB in 4 range request(s); complete"]  # t2m skipped
+    for cycle, want in fields.items():
+        got = decode_grib(str(out / archive_relpath(cycle, "wrfsfcf", 0)))
+        assert sorted(got.data_vars) == ["refc", "u10"]  # only the requested messages were downloaded
+        np.testing.assert_array_equal(got.refc.values, want["refc"])
+        np.testing.assert_array_equal(got.u10.values, want["u10"])
+
+
+def test_cli_fetch_from_an_unreachable_archive_exits_1_with_a_short_summary(tmp_path, capsys):
+    port = free_port()  # bound and released: nothing listens there
+    code = main(["fetch-hrrr", "--start", "2024-06-01T00", "--end", "2024-06-02T05", "--variables", "refc",
+                 "--out", str(tmp_path / "grib"), "-o", f"fetch.archive_url=http://127.0.0.1:{port}/hrrr",
+                 "-o", "fetch.retries=0"])
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert code == 1
+    assert captured.err == ""  # every problem is in the summary, not in a log line per request
+    assert len(lines) == 10, captured.out  # 30 failed hours: the command line, totals, 7 hours and a count
+    assert lines[1] == ("0 file(s) fetched, 0 already complete, 0.0 MiB of GRIB in 0 range request(s); "
+                        "INCOMPLETE: 0 missing hour(s), 30 failed hour(s), 0 hour(s) lacking variables")
+    assert lines[2].startswith("failed hour 2024-06-01 00Z: ") and f"127.0.0.1:{port}" in lines[2]
+    assert lines[-1] == "... and 23 more failed hour(s)"
+    assert not list(tmp_path.rglob("*.grib2"))
+
+
+def test_cli_fetch_bad_times_are_one_line_and_status_2(tmp_path, capsys):
+    assert main(["fetch-hrrr", "--start", "2024-06-01T05", "--end", "2024-06-01T02", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "def-ray: fetch start 2024-06-01 05:00 is after end 2024-06-01 02:00\n"
+
+
+def test_storage_options_reach_only_their_own_filesystem():
+    s3 = {"anon": True, "key": "k", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "x"}}
+    assert storage_options_for("s3://noaa-hrrr-bdp-pds/x.grib2", s3) == s3
+    assert storage_options_for("s3a://b/x", s3) == s3
+    for other in ("http://127.0.0.1:8000/a.grib2", "https://host/a.grib2", "/data/a.grib2", "file:///data/a"):
+        assert storage_options_for(other, s3) == {}
+    mixed = {"anon": False, "headers": {"Authorization": "token"}, "client_kwargs": {"trust_env": True,
+                                                                                      "endpoint_url": "e"}}
+    assert storage_options_for("https://host/a", mixed) == {"headers": {"Authorization": "token"},
+                                                            "client_kwargs": {"trust_env": True}}
+    assert storage_options_for("https://host/a", None) == {}
