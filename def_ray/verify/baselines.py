@@ -9,13 +9,11 @@ dB-transformed first and back afterwards, which is how STEPS is meant to be driv
 
 from __future__ import annotations
 
-import contextlib
-import io
-from typing import Literal
-
 import numpy as np
 
-Scale = Literal["dbz", "rainrate"]
+from def_ray.data.advection import Scale, from_log_scale, optical_flow, quiet_pysteps, to_log_scale
+
+__all__ = ["Scale", "persistence", "optical_flow", "extrapolation", "steps_ensemble"]
 
 
 def persistence(past: np.ndarray, lead_steps: int) -> np.ndarray:
@@ -23,52 +21,16 @@ def persistence(past: np.ndarray, lead_steps: int) -> np.ndarray:
     return np.repeat(past[-1:], lead_steps, axis=0).astype("float32")
 
 
-def _quiet():
-    """pysteps prints progress tables; keep job logs readable."""
-    return contextlib.redirect_stdout(io.StringIO())
-
-
-def _to_pysteps(past: np.ndarray, scale: Scale, threshold: float) -> tuple[np.ndarray, float, float]:
-    """(field on a log scale with NaN filled, the no-rain value, the threshold on that scale)."""
-    from pysteps.utils import transformation
-
-    field = np.asarray(past, dtype="float64")
-    if scale == "rainrate":
-        field, meta = transformation.dB_transform(np.nan_to_num(field, nan=0.0), threshold=threshold, zerovalue=None)
-        return field, float(meta["zerovalue"]), float(meta["threshold"])
-    floor = float(np.nanmin(field)) if np.isfinite(field).any() else 0.0
-    return np.nan_to_num(field, nan=floor), floor, threshold
-
-
-def _from_pysteps(field: np.ndarray, scale: Scale, threshold: float) -> np.ndarray:
-    from pysteps.utils import transformation
-
-    field = np.asarray(field, dtype="float64")
-    if scale == "rainrate":
-        field, _ = transformation.dB_transform(field, metadata={"transform": "dB", "threshold": threshold,
-                                                                "zerovalue": np.nanmin(field)}, inverse=True)
-    return field.astype("float32")
-
-
-def optical_flow(past: np.ndarray, scale: Scale = "dbz", threshold: float = 10.0) -> np.ndarray:
-    """Lucas-Kanade motion field (2, y, x) in grid points per step, from at least two past frames."""
-    from pysteps import motion
-
-    field, _, _ = _to_pysteps(past, scale, threshold)
-    with _quiet():
-        return motion.get_method("LK")(field)
-
-
 def extrapolation(past: np.ndarray, lead_steps: int, scale: Scale = "dbz", threshold: float = 10.0) -> np.ndarray:
     """Semi-Lagrangian advection of the last frame along the optical flow (pysteps)."""
     from pysteps import nowcasts
 
-    field, floor, _ = _to_pysteps(past, scale, threshold)
+    field, floor, _ = to_log_scale(past, scale, threshold)
     velocity = optical_flow(past, scale, threshold)
-    with _quiet():
+    with quiet_pysteps():
         out = nowcasts.get_method("extrapolation")(field[-1], velocity, lead_steps)
     out = np.where(np.isfinite(out), out, floor)
-    return _from_pysteps(out, scale, threshold)
+    return from_log_scale(out, scale, threshold)
 
 
 def steps_ensemble(past: np.ndarray, lead_steps: int, members: int, *, seed: int = 0, scale: Scale = "dbz",
@@ -83,13 +45,13 @@ def steps_ensemble(past: np.ndarray, lead_steps: int, members: int, *, seed: int
 
     if past.shape[0] < 3:
         raise ValueError(f"STEPS needs at least 3 past frames, got {past.shape[0]}")
-    field, floor, thr = _to_pysteps(past, scale, threshold)
+    field, floor, thr = to_log_scale(past, scale, threshold)
     velocity = optical_flow(past, scale, threshold)
     levels = n_cascade_levels or int(np.clip(np.log2(min(field.shape[1:])) - 1, 2, 6))
-    with _quiet():
+    with quiet_pysteps():
         ens = nowcasts.get_method("steps")(
             field[-3:], velocity, lead_steps, n_ens_members=members, n_cascade_levels=levels, precip_thr=thr,
             kmperpixel=km_per_pixel, timestep=timestep_minutes, seed=seed, mask_method="incremental",
             probmatching_method="cdf", num_workers=1)
     ens = np.where(np.isfinite(ens), ens, floor)
-    return _from_pysteps(ens, scale, threshold)
+    return from_log_scale(ens, scale, threshold)
