@@ -340,9 +340,7 @@ class ZarrStore:
         return {"url": self.url, "storage_options": self.storage_options, "mode": self.mode, "_group": None}
 
     def _open_kwargs(self) -> dict[str, Any]:
-        if "://" in self.url and not self.url.startswith("file://"):
-            return {"storage_options": self.storage_options}
-        return {}
+        return {} if _is_local(self.url) else {"storage_options": self.storage_options}
 
     @property
     def group(self) -> zarr.Group:
