@@ -228,9 +228,13 @@ class _S3Lease:
 class _NoLease:
     """Protocols without a conditional create: no lock (one writer at a time is the caller's duty)."""
 
+    warned: set[str] = set()
+
     def __init__(self, url: str):
         self.where = url
-        log.warning("%s: no store lock on this protocol; run one writer at a time", url)
+        if url not in self.warned:
+            self.warned.add(url)
+            log.warning("%s: no store lock on this protocol; run one writer at a time", url)
 
     def try_acquire(self) -> bool:
         return True

@@ -215,6 +215,25 @@ def test_cli_ingest_prints_its_summary_and_exits_1_on_failures(scenes, ray_sessi
 
 
 @pytest.mark.ray
+def test_cli_ingest_stops_with_one_line_when_the_store_stays_locked(scenes, ray_session, tmp_path, capsys,
+                                                                     monkeypatch):
+    from def_ray.data import zarr_store
+
+    paths = _write_split(scenes, tmp_path / "in", hours=[0, 1])
+    out = str(tmp_path / "busy.zarr")
+    ingest(paths[:2], out, VARS, tile=16, parallel=False, progress=False)
+    monkeypatch.setattr(zarr_store, "LOCK_TIMEOUT_S", 0.5)
+    with zarr_store.StoreLock(out):  # another writer, stuck while growing the store
+        code = main(["ingest", *paths, "--variables", ",".join(VARS), "--out", out, "--tile", "16"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"def-ray ingest: {out}: lock {out}/.def_ray.lock still held by pid ") and "retry" in err
+    assert ZarrStore(out).committed_mask().tolist() == [True]  # untouched and valid; a re-run completes it
+    assert main(["ingest", *paths, "--variables", ",".join(VARS), "--out", out, "--tile", "16"]) == 0
+    assert ZarrStore(out).committed_mask().tolist() == [True, True]
+
+
+@pytest.mark.ray
 @pytest.mark.s3
 def test_s3_sources_to_s3_store_roundtrip(scenes, ray_session, s3_bucket, tmp_path):
     import fsspec
