@@ -7,10 +7,13 @@ Unknown keys are errors (a typo must not silently fall back to a default), and m
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -142,6 +145,14 @@ class DataConfig(_Section):
     tile: int = Field(256, ge=8, description="spatial chunk edge in the Zarr store")
     crop: int | None = Field(None, ge=8, description="random square training crop; None = full frames")
     static_fields: list[Literal["latitude", "longitude"]] = Field(default_factory=list)
+    crops_per_window: int = Field(1, ge=1, description="training crops cut from each window per epoch")
+    val_crop: bool = Field(False, description="validate on crops cut like the training crops (the same ones every "
+                           "epoch) instead of full frames")
+    augment: bool = Field(False, description="training windows turned by one of the 8 rotations/flips at random "
+                          "(motion and wind vectors turned with them)")
+    crop_sampling: Literal["uniform", "rain"] = Field(
+        "uniform", description="where training crops are cut: 'uniform' anywhere; 'rain' equally often from each "
+        "rain-intensity class of the target frame, never where the first target is missing (outside radar coverage)")
     transforms: dict[str, Literal["none", "log"]] = Field(
         default_factory=dict, description="per-variable transform before normalisation: 'log' = log10(x + 0.1 mm) "
         "for rain (def_ray.data.normalise); unlisted variables are not transformed")
@@ -193,6 +204,10 @@ class ModelConfig(_Section):
     eps_output: Literal["preconditioned", "direct"] = Field(
         "preconditioned", description="diffusion network output: eps = sqrt(1-ab) x_t - sqrt(ab) F ('preconditioned',"
         " stable sampling from the cosine schedule's last step) or eps = F ('direct'); see ddpm_convection.py")
+    residual: Literal["none", "extrapolation"] = Field(
+        "none", description="'extrapolation': the conditioning also holds the targets' newest frame advected one step "
+        "along its Lucas-Kanade motion, and the motion; the network learns the residual over that first guess "
+        "(def_ray.data.layout)")
     loss_weighting: Literal["eps", "v"] = Field(
         "eps", description="per-timestep weight of MSE(eps_hat, eps): 'eps' uniform (the plain DDPM loss) or 'v' "
         "1/alpha_bar_t (the v-prediction loss; with the preconditioned output, uniform weight on F at every t)")
@@ -366,14 +381,13 @@ class Config(_Section):
 
 
 def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+    """One line naming the source and every offending key: the message a command prints before exiting 2."""
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}: {one_line(msg)}")
+    return f"invalid config {source}: " + "; ".join(problems)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
@@ -384,17 +398,35 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Load and validate a YAML config; `overrides` maps dotted keys ("train.epochs") to values."""
+    """Load and validate a YAML config; `overrides` maps dotted keys ("train.epochs") to values.
+
+    Every way a file can be unusable (missing, a folder, unreadable, not UTF-8, not YAML, not a mapping, an
+    unknown key or a bad value) is a one-line ConfigError naming the file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder; expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config {path} cannot be read: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
+        raise ConfigError(f"config {path} must be a mapping at the top level, not a {type(raw).__name__}")
     return config_from_dict(apply_overrides(raw, overrides or {}), str(path))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -402,9 +434,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {pair!r} is not KEY=VALUE (e.g. train.epochs=3)")
-        out[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {pair!r} is not KEY=VALUE with a dotted KEY (e.g. train.epochs=3)")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {pair!r}: the value {value!r} is not valid YAML ({_yaml_problem(err)}); "
+                              "quote it, e.g. -o 'name=\"a [b\"'") from None
     return out
 
 
@@ -413,8 +450,13 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     for dotted, value in overrides.items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for depth, p in enumerate(parents):
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                where = ".".join(parents[:depth + 1])
+                raise ConfigError(f"override {dotted}: {where} is a {type(node).__name__}, not a section")
         node[leaf] = value
     return raw
 
@@ -435,6 +477,58 @@ def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
             default = default.model_dump(mode="json", exclude_defaults=True) or "{}"
         rows.append(f"| `{key}` | `{default}` | {f.description or ''} |")
     return rows
+
+
+# -- how commands report bad input and failures (every `def-ray` command and jobs/*.py) --------------------------
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line (exit 2), not the usage text and then the error: a log or a
+    terminal shows what was wrong, and --help shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: object) -> str:
+    """`text` with its line breaks and runs of blanks made single spaces."""
+    return " ".join(str(text).split())
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """`err`, or for a Ray task error the exception raised in the task (without the remote traceback)."""
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, BaseException) and cause is not err else err
+
+
+def error_message(err: BaseException) -> str:
+    """The one-line message of `err` (of its cause for a Ray task error)."""
+    err = root_cause(err)
+    if type(err).__str__ is KeyError.__str__ and isinstance(err, KeyError) and len(err.args) == 1:
+        return one_line(err.args[0])  # KeyError's str() quotes its message
+    return one_line(err) or type(err).__name__
+
+
+def run_command(prog: str, work: Callable[[], int], bad_input: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a command's `work`: bad input (ConfigError and `bad_input`) prints one line and returns 2, any other
+    failure one line naming its type and returns 1, Ctrl-C returns 130; never a traceback, unless DEF_RAY_DEBUG=1
+    asks for it (the exception is raised again)."""
+    try:
+        return work()
+    except (ConfigError, *bad_input) as err:
+        if os.environ.get("DEF_RAY_DEBUG") == "1":
+            raise
+        print(f"{prog}: {error_message(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get("DEF_RAY_DEBUG") == "1":
+            raise
+        print(f"{prog}: failed: {type(root_cause(err)).__name__}: {error_message(err)} (DEF_RAY_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -63,10 +63,8 @@ def tiny_checkpoint(path: str | Path, cfg: Config, *, seed: int = 0,
     from def_ray.models.description import ModelDescription
 
     torch.manual_seed(seed)
-    n_static = len(cfg.data.static_fields)
-    cond_channels = cfg.data.n_past * len(cfg.data.variables) + n_static
-    target_channels = len(cfg.data.target_variables)
-    model = build_model(cfg.model, cond_channels, target_channels)
+    layout = ModelDescription.from_config(cfg).layout
+    model = build_model(cfg.model, layout.cond_channels, layout.target_channels)
     description = None
     if described:
         description = ModelDescription.of_training(cfg, prepare_windows(cfg.data))

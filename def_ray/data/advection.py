@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -92,16 +93,15 @@ def advect(field, motion, steps: int = 1):
     return out.to(field.dtype)
 
 
-def dihedral(arr: np.ndarray, k: int, flip: bool, vectors: tuple[int, int] | None = None) -> np.ndarray:
+def dihedral(arr: np.ndarray, k: int, flip: bool, vectors: Sequence[tuple[int, int]] = ()) -> np.ndarray:
     """One of the 8 rotations/flips of the last two axes of `arr` (..., C, H, W) or (C, H, W): flip along x if
-    `flip`, then rotate by k quarter turns (np.rot90 over (y, x)).  `vectors` = the channel indices (u, v) of a
+    `flip`, then rotate by k quarter turns (np.rot90 over (y, x)).  `vectors` = the channel indices (u, v) of each
     motion or wind field, whose components turn with the grid so that the motion still points where things move.
     """
     out = np.flip(arr, axis=-1) if flip else arr
     out = np.rot90(out, k % 4, axes=(-2, -1))
     out = np.ascontiguousarray(out)
-    if vectors is not None:
-        iu, iv = vectors
+    for iu, iv in vectors:
         u, v = out[..., iu, :, :].copy(), out[..., iv, :, :].copy()
         if flip:
             u = -u

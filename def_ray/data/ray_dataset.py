@@ -55,10 +55,12 @@ class WindowSpec:
     shape: tuple[int, int]  # (ny, nx)
     static_names: tuple[str, ...] = ()
     static: np.ndarray | None = None  # (n_static, ny, nx) already normalised
+    first_guess: bool = False  # conditioning holds the extrapolation first guess; targets are residuals over it
 
     @property
     def layout(self) -> ChannelLayout:
-        return ChannelLayout.of(self.n_past, self.variables, self.target_variables, self.static_names)
+        return ChannelLayout.of(self.n_past, self.variables, self.target_variables, self.static_names,
+                                self.first_guess)
 
     @property
     def cond_channels(self) -> int:
@@ -92,33 +94,42 @@ class WindowReader:
         ry, rx, rh, rw = region if region is not None else (0, 0, *s.shape)
         if crop is not None and (crops is None or len(crops) != len(starts)):
             raise ValueError("a cropped read needs one (y0, x0) per window")
-        frames = [s.normaliser.normalise_variable(self.store.read(v, slice(lo, hi), slice(ry, ry + rh),
-                                                                  slice(rx, rx + rw)), v)
-                  for v in s.variables]
+        raw = [self.store.read(v, slice(lo, hi), slice(ry, ry + rh), slice(rx, rx + rw)) for v in s.variables]
+        frames = [s.normaliser.normalise_variable(r, v) for r, v in zip(raw, s.variables)]
         layout = s.layout
         conds, targets = [], []
         for i, st in enumerate(starts):
             rel = st - lo + self._offsets
             cy, cx = crops[i] if crop is not None else (0, 0)
             h, w = (crop, crop) if crop is not None else (rh, rw)
-            local = (slice(cy, cy + h), slice(cx, cx + w))
-            past = np.stack([f[(rel[:-1], *local)] for f in frames], axis=1)  # (n_past, n_vars, h, w)
+            local = (slice(None), slice(cy, cy + h), slice(cx, cx + w))
+            past = np.stack([f[rel[:-1]] for f in frames], axis=1)  # (n_past, n_vars, region)
+            guide = None
+            if layout.first_guess:  # the motion of the whole region read, then the crop
+                fg, motion = layout.guide(np.stack([r[rel[:-1]] for r in raw], axis=1), past)
+                guide = (fg[local], motion[local])
             static = None if s.static is None else s.static[:, ry + cy:ry + cy + h, rx + cx:rx + cx + w]
-            conds.append(layout.assemble(past, static))
-            targets.append(np.stack([frames[k][(rel[-1], *local)] for k in layout.target_idx], axis=0))
+            conds.append(layout.assemble(past[(slice(None), *local)], static, guide))
+            target = np.stack([frames[k][rel[-1]][local[1:]] for k in layout.target_idx], axis=0)
+            targets.append(target - guide[0] if guide is not None else target)
         return {"cond": np.stack(conds), "target": np.stack(targets),
                 "time": s.times[starts + int(self._offsets[-1])].astype(np.int64)}
 
     def read(self, starts: Sequence[int], crops: Sequence[tuple[int, int]] | None = None,
-             crop: int | None = None) -> dict[str, np.ndarray]:
+             crop: int | None = None, context: int = 0) -> dict[str, np.ndarray]:
         """Windows at `starts`, in that order; with `crop`, window i is the square at crops[i] = (y0, x0) of the
-        grid.  Full-frame windows close in time share their reads."""
+        grid, read with `context` points around it (clipped to the grid) for the first guess's motion.  Full-frame
+        windows close in time share their reads."""
         starts = np.asarray(starts, dtype=np.int64)
         if crop is not None:
             if crops is None or len(crops) != len(starts):
                 raise ValueError("a cropped read needs one (y0, x0) per window")
-            parts = [self.read_block([st], (int(y0), int(x0), crop, crop), crop, [(0, 0)])
-                     for st, (y0, x0) in zip(starts, crops)]
+            ny, nx = self.spec.shape
+            parts = []
+            for st, (y0, x0) in zip(starts, crops):
+                ry, rx = max(0, int(y0) - context), max(0, int(x0) - context)
+                rh, rw = min(ny, int(y0) + crop + context) - ry, min(nx, int(x0) + crop + context) - rx
+                parts.append(self.read_block([st], (ry, rx, rh, rw), crop, [(int(y0) - ry, int(x0) - rx)]))
             order = np.arange(len(starts))
         else:
             order = np.argsort(starts, kind="stable")
@@ -146,18 +157,104 @@ def _runs(sorted_starts: np.ndarray, span: int, max_len: int | None = None) -> l
     return runs
 
 
+CLASS_EDGES = (0.005, 0.05, 0.2)  # rain classes of a crop: the fraction of it at or above the event threshold
+
+
+def event_threshold(variable: str) -> float:
+    """What counts as rain when crops are classed: 1 mm (h-1) for precipitation, else 20 (dBZ)."""
+    from def_ray.data.lexicon import lookup
+
+    return 1.0 if lookup(variable).precipitation else 20.0
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """Candidate crops of each window's target frame by rain class (LDCast-style oversampling of rain): a draw
+    picks a non-empty class uniformly, then a candidate, then shifts it by up to half the stride.  Candidates lie
+    where at least `min_coverage` of the crop holds data (never outside radar coverage)."""
+
+    crop: int
+    stride: int
+    shape: tuple[int, int]
+    candidates: dict[int, tuple[np.ndarray, ...]]  # window start -> per class an (n, 2) array of (y0, x0)
+
+    def draw(self, start: int, rng: np.random.Generator) -> tuple[int, int]:
+        classes = [c for c in self.candidates[int(start)] if len(c)]
+        if not classes:  # no covered crop at all: anywhere
+            ny, nx = self.shape
+            return int(rng.integers(0, ny - self.crop + 1)), int(rng.integers(0, nx - self.crop + 1))
+        pool = classes[int(rng.integers(len(classes)))]
+        y0, x0 = pool[int(rng.integers(len(pool)))]
+        j = self.stride // 2
+        return (int(np.clip(y0 + rng.integers(-j, j + 1), 0, self.shape[0] - self.crop)),
+                int(np.clip(x0 + rng.integers(-j, j + 1), 0, self.shape[1] - self.crop)))
+
+    def class_counts(self) -> np.ndarray:
+        return np.sum([[len(c) for c in per] for per in self.candidates.values()], axis=0)
+
+
+def _box_sums(a: np.ndarray, crop: int, stride: int) -> np.ndarray:
+    """Sums of `a` over crop x crop squares at every stride-th position (integral image)."""
+    ii = np.pad(np.cumsum(np.cumsum(a, axis=0, dtype=np.float64), axis=1), ((1, 0), (1, 0)))
+    y = np.arange(0, a.shape[0] - crop + 1, stride)
+    x = np.arange(0, a.shape[1] - crop + 1, stride)
+    return (ii[np.ix_(y + crop, x + crop)] - ii[np.ix_(y, x + crop)] - ii[np.ix_(y + crop, x)] + ii[np.ix_(y, x)])
+
+
+def plan_rain_crops(spec: WindowSpec, starts: Sequence[int], crop: int, stride: int | None = None,
+                    min_coverage: float = 0.95) -> CropPlan:
+    """Classify every candidate crop of each window's target frame (first target) by its rain fraction."""
+    stride = stride or max(1, crop // 4)
+    store = ZarrStore(spec.url, spec.storage_options)
+    variable = spec.target_variables[0]
+    thr = event_threshold(variable)
+    last = int(frame_offsets(spec.n_past, spec.dt_steps)[-1])
+    ny, nx = spec.shape
+    ys = np.arange(0, ny - crop + 1, stride)
+    xs = np.arange(0, nx - crop + 1, stride)
+    out = {}
+    for st in np.unique(np.asarray(starts, dtype=np.int64)):
+        frame = store.read(variable, int(st) + last)
+        area = float(crop * crop)
+        covered = _box_sums(np.isfinite(frame).astype(np.float32), crop, stride) / area
+        rain = _box_sums(np.nan_to_num(frame, nan=-np.inf) >= thr, crop, stride) / area
+        cls = np.digitize(rain, CLASS_EDGES)
+        ok = covered >= min_coverage
+        out[int(st)] = tuple(np.stack([ys[iy], xs[ix]], axis=1) for iy, ix in
+                             (np.nonzero(ok & (cls == c)) for c in range(len(CLASS_EDGES) + 1)))
+    return CropPlan(crop, stride, (ny, nx), out)
+
+
+def _augment(batch: dict[str, np.ndarray], layout: ChannelLayout, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Each window turned by one of the 8 rotations/flips (all its frames alike, vectors turned with the grid)."""
+    from def_ray.data.advection import dihedral
+
+    cond, target = batch["cond"].copy(), batch["target"].copy()
+    for i in range(cond.shape[0]):
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        cond[i] = dihedral(cond[i], k, flip, layout.vector_channels)
+        target[i] = dihedral(target[i], k, flip, layout.target_vector_channels)
+    return {**batch, "cond": cond, "target": target}
+
+
 def _read_task_fn(spec: WindowSpec, starts: np.ndarray, crop: int | None, region_edge: int | None,
-                  shuffle: bool, seed: tuple[int, ...]):
+                  shuffle: bool, seed: tuple[int, ...], plan: CropPlan | None = None, augment: bool = False):
     def read() -> list:
         reader = WindowReader(spec)
         rng = np.random.default_rng(seed)
-        region, crops = None, None
-        if crop is not None:
-            ny, nx = spec.shape
-            rh, rw = min(region_edge, ny), min(region_edge, nx)
-            region = (int(rng.integers(0, ny - rh + 1)), int(rng.integers(0, nx - rw + 1)), rh, rw)
-            crops = reader.random_crops(rng, len(starts), crop, (rh, rw))
-        batch = reader.read_block(starts, region, crop, crops)
+        if plan is not None:  # each window its own rain-classed crop, with context for the first guess's motion
+            crops = [plan.draw(st, rng) for st in starts]
+            batch = reader.read(starts, crops, plan.crop, context=plan.crop // 2 if spec.first_guess else 0)
+        else:
+            region, crops = None, None
+            if crop is not None:
+                ny, nx = spec.shape
+                rh, rw = min(region_edge, ny), min(region_edge, nx)
+                region = (int(rng.integers(0, ny - rh + 1)), int(rng.integers(0, nx - rw + 1)), rh, rw)
+                crops = reader.random_crops(rng, len(starts), crop, (rh, rw))
+            batch = reader.read_block(starts, region, crop, crops)
+        if augment:
+            batch = _augment(batch, spec.layout, rng)
         if shuffle:
             perm = rng.permutation(len(starts))
             batch = {k: v[perm] for k, v in batch.items()}
@@ -179,9 +276,11 @@ class WindowDatasource(Datasource):
     MAX_WINDOWS_PER_TASK = 64
 
     def __init__(self, spec: WindowSpec, starts: np.ndarray, *, crop: int | None, shuffle: bool, seed: int,
-                 block_bytes: int = 64 * 2**20, region_factor: int = 2):
+                 block_bytes: int = 64 * 2**20, region_factor: int = 2, plan: CropPlan | None = None,
+                 augment: bool = False, same_every_pass: bool = False):
         super().__init__()
         self.spec, self.starts, self.crop, self.shuffle, self.seed = spec, np.sort(starts), crop, shuffle, seed
+        self.plan, self.augment, self.same_every_pass = plan, augment, same_every_pass
         self.region_edge = region_factor * crop if crop is not None else None
         ny, nx = spec.shape
         area = ny * nx if crop is None else min(self.region_edge, ny) * min(self.region_edge, nx)
@@ -195,7 +294,7 @@ class WindowDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        p = self._passes
+        p = 0 if self.same_every_pass else self._passes
         self._passes += 1
         n = len(self.starts)
         # enough tasks to read in parallel, but not so many that per-task overhead dominates
@@ -209,7 +308,8 @@ class WindowDatasource(Datasource):
             meta = BlockMetadata(num_rows=int(group.size),
                                  size_bytes=int(group.size) * self.spec.bytes_per_window(self.crop),
                                  exec_stats=None, input_files=None)
-            fn = _read_task_fn(self.spec, group, self.crop, self.region_edge, self.shuffle, (self.seed, p, int(i)))
+            fn = _read_task_fn(self.spec, group, self.crop, self.region_edge, self.shuffle, (self.seed, p, int(i)),
+                               self.plan, self.augment)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
@@ -229,8 +329,14 @@ class WindowData:
         return int(self.splits[split].size)
 
     def dataset(self, split: str, *, crop: int | None = None, shuffle: bool = False, seed: int = 0,
-                limit: int | None = None, block_bytes: int = 64 * 2**20) -> ray.data.Dataset:
-        """Lazy dataset of the windows of `split` (optionally only the first `limit` of them, in time order)."""
+                limit: int | None = None, block_bytes: int = 64 * 2**20, sampling: str = "uniform",
+                augment: bool = False, repeats: int = 1, same_every_pass: bool = False) -> ray.data.Dataset:
+        """Lazy dataset of the windows of `split` (optionally only the first `limit` of them, in time order).
+
+        `repeats` crops of each window per pass; `sampling` "rain" classes each window's candidate crops by rain
+        (CropPlan); `augment` turns each window by a random rotation/flip; `same_every_pass` gives the same crops
+        every epoch (validation).
+        """
         starts = self.splits[split]
         if limit is not None:
             starts = starts[:limit]
@@ -239,7 +345,11 @@ class WindowData:
         ny, nx = self.spec.shape
         if crop is not None and crop > min(ny, nx):
             raise WindowError(f"data.crop={crop} is larger than the store's grid {ny} x {nx}")
-        ds = WindowDatasource(self.spec, starts, crop=crop, shuffle=shuffle, seed=seed, block_bytes=block_bytes)
+        if (augment or sampling == "rain") and crop is None:
+            raise WindowError("data.augment and data.crop_sampling 'rain' need square crops (data.crop)")
+        plan = plan_rain_crops(self.spec, starts, crop) if sampling == "rain" else None
+        ds = WindowDatasource(self.spec, np.repeat(starts, max(1, repeats)), crop=crop, shuffle=shuffle, seed=seed,
+                              block_bytes=block_bytes, plan=plan, augment=augment, same_every_pass=same_every_pass)
         return ray.data.read_datasource(ds)
 
 
@@ -277,7 +387,8 @@ def resolve_storage_options(url: str, options: Mapping[str, Any]) -> dict[str, A
     return dict(options) if "://" in url and not url.startswith("file://") else {}
 
 
-def prepare_windows(data_cfg: DataConfig, storage_options: Mapping[str, Any] | None = None) -> WindowData:
+def prepare_windows(data_cfg: DataConfig, storage_options: Mapping[str, Any] | None = None,
+                    first_guess: bool = False) -> WindowData:
     """Open the store of `data_cfg`, split its windows and learn the normalisation (train split only).
 
     Errors name the config key at fault (data.store, data.variables, data.crop, data.val_fraction ...).
@@ -309,5 +420,5 @@ def prepare_windows(data_cfg: DataConfig, storage_options: Mapping[str, Any] | N
         url=store.url, storage_options=opts, variables=tuple(data_cfg.variables),
         target_variables=tuple(data_cfg.target_variables), n_past=data_cfg.n_past, dt_steps=data_cfg.dt_steps,
         normaliser=normaliser, times=store.group["time"][:].astype(np.int64), shape=(ny, nx), static_names=names,
-        static=static_fields(lat, lon, names, scaling) if names else None)
+        static=static_fields(lat, lon, names, scaling) if names else None, first_guess=first_guess)
     return WindowData(spec=spec, splits=splits, static_scaling=scaling)

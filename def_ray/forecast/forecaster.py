@@ -28,7 +28,9 @@ from def_ray.data.normalise import Normaliser, static_fields, static_scaling
 from def_ray.data.zarr_store import StoreError, ZarrStore
 from def_ray.models.description import ModelDescription
 
-__all__ = ["ForecastError", "Forecaster", "resolve_checkpoint", "lead_steps_for", "check_init_time",
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) of a store's grid
+
+__all__ = ["Box", "ForecastError", "Forecaster", "resolve_checkpoint", "lead_steps_for", "check_init_time",
            "latest_init_time"]
 
 
@@ -224,18 +226,22 @@ class Forecaster:
             return latest_init_time(store, self.n_past, self.dt_steps)
         return store.all_times()[check_init_time(store, self.n_past, self.dt_steps, init_time)]
 
-    def conditioning(self, store: ZarrStore, init_time: Any, normaliser: Normaliser | None = None) -> np.ndarray:
-        """Normalised conditioning (C_cond, H, W) of the forecast initialised at `init_time`."""
+    def conditioning(self, store: ZarrStore, init_time: Any, normaliser: Normaliser | None = None,
+                     box: Box | None = None) -> np.ndarray:
+        """Normalised conditioning (C_cond, H, W) of the forecast initialised at `init_time`, on the store's grid
+        or on `box` = (y0, y1, x0, x1) of it (a tile)."""
         missing = [v for v in self.variables if v not in store.variables]
         if missing:
             raise ForecastError(f"store {store.url} lacks the model's variables {missing}", field="init_time")
         i = check_init_time(store, self.n_past, self.dt_steps, init_time)
-        frames = store.read_frames(self.variables, (i + _history(self.n_past, self.dt_steps)).tolist())
-        return self.conditioning_from_frames(frames, store, normaliser)
+        y, x = (slice(box[0], box[1]), slice(box[2], box[3])) if box is not None else (slice(None), slice(None))
+        frames = store.read_frames(self.variables, (i + _history(self.n_past, self.dt_steps)).tolist(), y, x)
+        return self.conditioning_from_frames(frames, store, normaliser, box)
 
     def conditioning_from_frames(self, frames: np.ndarray, store: ZarrStore | None = None,
-                                 normaliser: Normaliser | None = None) -> np.ndarray:
-        """(n_past, n_vars, H, W) physical frames, oldest first -> normalised conditioning (C_cond, H, W)."""
+                                 normaliser: Normaliser | None = None, box: Box | None = None) -> np.ndarray:
+        """(n_past, n_vars, H, W) physical frames, oldest first -> normalised conditioning (C_cond, H, W); with a
+        first guess, its motion comes from these frames (as in training, from the frames of the window read)."""
         frames = np.asarray(frames, dtype=np.float32)
         want = (self.n_past, len(self.variables))
         if frames.ndim != 4 or frames.shape[:2] != want:
@@ -246,17 +252,21 @@ class Forecaster:
             raise ForecastError(f"conditioning grid {frames.shape[2:]} must be a multiple of {factor} in y and x "
                                 "(the network's downsampling)", field="conditioning")
         norm = normaliser or self.normaliser(store)
-        return self.layout.assemble(norm.normalise(frames, self.variables), self._static(store, frames.shape[2:]))
+        past = norm.normalise(frames, self.variables)
+        guide = self.layout.guide(frames, past) if self.layout.first_guess else None
+        return self.layout.assemble(past, self._static(store, frames.shape[2:], box), guide)
 
-    def _static(self, store: ZarrStore | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    def _static(self, store: ZarrStore | None, shape: tuple[int, ...], box: Box | None) -> np.ndarray | None:
         names = list(self.description.static_fields)
         if not names:
             return None
-        if store is None or tuple(store.shape[1:]) != tuple(shape):
-            have = None if store is None else tuple(store.shape[1:])
-            raise ForecastError(f"the model uses static fields {names}, which come from the store grid {have}; the "
+        grid = None if store is None else (store.shape[1:] if box is None else (box[1] - box[0], box[3] - box[2]))
+        if grid is None or tuple(grid) != tuple(shape):
+            raise ForecastError(f"the model uses static fields {names}, which come from the store grid {grid}; the "
                                 f"conditioning grid {tuple(shape)} must be that grid", field="conditioning")
         lat, lon = store.latlon()
+        if box is not None:
+            lat, lon = lat[box[0]:box[1], box[2]:box[3]], lon[box[0]:box[1], box[2]:box[3]]
         scaling = self.description.static_scaling or static_scaling(lat, lon, names)
         return static_fields(lat, lon, names, scaling)
 
@@ -287,11 +297,12 @@ class Forecaster:
         return norm.denormalise(out.detach().float().cpu().numpy(), self.targets)
 
     def forecast(self, store: ZarrStore, init_time: Any, members: int, lead_hours: int, options: SamplerConfig, *,
-                 seed: int, member_offset: int = 0, normaliser: Normaliser | None = None) -> np.ndarray:
+                 seed: int, member_offset: int = 0, normaliser: Normaliser | None = None,
+                 box: Box | None = None) -> np.ndarray:
         """Ensemble (members, lead, n_targets, y, x) in physical units, in this process."""
         norm = normaliser or self.normaliser(store)
         lead_steps = self.lead_steps(lead_hours, store)
-        cond = self.conditioning(store, init_time, norm)
+        cond = self.conditioning(store, init_time, norm, box)
         return self.sample(cond, members, lead_steps, options, seed=seed, member_offset=member_offset,
                            normaliser=norm)
 

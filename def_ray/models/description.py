@@ -39,6 +39,7 @@ class ModelDescription:
     dt_steps: int
     timesteps: int
     static_fields: tuple[str, ...] = ()
+    first_guess: str = "none"  # "extrapolation": residual over the advected newest frame (ChannelLayout)
     step_seconds: int | None = None  # seconds between frames; None (old checkpoints) = dt_steps x the store's step
     normalisation: dict[str, dict[str, float]] | None = None  # training split; None = not recorded
     static_scaling: dict[str, dict[str, float]] | None = None  # mean/std of each static field on the training grid
@@ -48,7 +49,8 @@ class ModelDescription:
 
     @property
     def layout(self) -> ChannelLayout:
-        return ChannelLayout.of(self.n_past, self.variables, self.targets, self.static_fields)
+        return ChannelLayout.of(self.n_past, self.variables, self.targets, self.static_fields,
+                                first_guess=self.first_guess == "extrapolation")
 
     @property
     def normaliser(self) -> Normaliser | None:
@@ -80,7 +82,7 @@ class ModelDescription:
         d = cfg.data
         base = dict(kind=cfg.model.kind, variables=tuple(d.variables), targets=tuple(d.target_variables),
                     n_past=d.n_past, dt_steps=d.dt_steps, timesteps=cfg.model.timesteps,
-                    static_fields=tuple(d.static_fields),
+                    static_fields=tuple(d.static_fields), first_guess=cfg.model.residual,
                     sampler={**cfg.forecast.sampler.model_dump(mode="json"), "chosen_by": "training config"})
         return cls(**{**base, **known})
 

@@ -1,7 +1,8 @@
 """Autoregressive multi-step forecasts.
 
 Each lead step samples every member from its own conditioning; the member's generated step then replaces the
-oldest frame of *its* conditioning (``ChannelLayout.advance``). Only the target variables are generated: every other channel of the new frame
+oldest frame of *its* conditioning (``ChannelLayout.advance``).  With a first guess the network gives the residual
+over it, and the step is first guess + residual. Only the target variables are generated: every other channel of the new frame
 is carried forward from the newest known frame (persistence), and static fields stay unchanged. Lead step l uses
 the seed ``lead_seed(seed, l)`` (lead 0: ``seed`` itself), so a one-step rollout equals ``model.sample``.
 """
@@ -44,6 +45,8 @@ def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayo
     out = []
     for lead in range(lead_steps):
         new = step(cond, lead).reshape(members, model.target_channels, *cond.shape[-2:])
+        if layout.first_guess:  # the network gives the residual over the first guess
+            new = new + layout.first_guess_of(cond).to(new.device, new.dtype)
         out.append(new)
         if lead + 1 < lead_steps:
             cond = layout.advance(cond.to(new.device).expand(members, -1, -1, -1), new)

@@ -131,14 +131,14 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
 
     # -- everything checked before a worker starts ----------------------------------------------------------
     try:
-        wd = prepare_windows(cfg.data)
+        wd = prepare_windows(cfg.data, first_guess=cfg.model.residual == "extrapolation")
     except WindowError as err:
         raise ConfigError(str(err)) from None
     try:
         build_model(cfg.model, wd.spec.cond_channels, wd.spec.target_channels)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"model: {err}") from None
-    steps_per_epoch = plan_steps(cfg, wd.n_windows("train"), wd.n_windows("val"))
+    steps_per_epoch = plan_steps(cfg, wd.n_windows("train") * cfg.data.crops_per_window, wd.n_windows("val"))
     connect_ray()
     _check_resources(cfg)
     storage_path, storage_fs, storage_opts = _storage(cfg)
@@ -179,8 +179,12 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
                                                          checkpoint_score_attribute="val_score",
                                                          checkpoint_score_order="min"),
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures)),
-        datasets={"train": wd.dataset("train", crop=cfg.data.crop, shuffle=True, seed=tc.seed),
-                  "val": wd.dataset("val")},
+        datasets={"train": wd.dataset("train", crop=cfg.data.crop, shuffle=True, seed=tc.seed,
+                                      sampling=cfg.data.crop_sampling, augment=cfg.data.augment,
+                                      repeats=cfg.data.crops_per_window),
+                  "val": wd.dataset("val", crop=cfg.data.crop if cfg.data.val_crop else None, seed=tc.seed + 1,
+                                    sampling=cfg.data.crop_sampling if cfg.data.val_crop else "uniform",
+                                    same_every_pass=True)},
     )
     try:
         result = trainer.fit()

@@ -45,7 +45,7 @@ def test_rotated_window_moves_its_blob_the_right_way(k, flip):
     motion = np.stack([np.full((H, W), 4.0, np.float32), np.full((H, W), 1.0, np.float32)])
     window = np.concatenate([field[None], motion])  # channels: field, u, v
     moved = advect(torch.from_numpy(field)[None, None], torch.from_numpy(motion)[None])[0].numpy()
-    turned = dihedral(window, k, flip, vectors=(1, 2))
+    turned = dihedral(window, k, flip, vectors=[(1, 2)])
     moved_turned = advect(torch.from_numpy(turned[:1])[None], torch.from_numpy(turned[1:])[None])[0].numpy()
     # advecting the turned window = turning the advected window: the motion turned with the grid
     np.testing.assert_allclose(moved_turned, dihedral(moved, k, flip), atol=1e-4)
