@@ -349,6 +349,10 @@ class VerifyConfig(_Section):
         default_factory=lambda: ["persistence", "extrapolation", "steps"])
     rain_threshold: float | None = Field(None, description="pysteps rain/no-rain threshold; None = 10 dBZ or 0.1 mm/h")
     km_per_pixel: float = Field(3.0, gt=0)
+    tile: int | None = Field(None, ge=8, description="verify on every tile x tile square of the grid that is inside "
+                             "radar coverage over the whole window and rainy at the init time (None = whole grid)")
+    min_rain_fraction: float = Field(0.01, ge=0, le=1, description="a tile is rainy when this fraction of it is at or "
+                                     "above 1 mm (rain) or 20 dBZ at the init time")
     out: str = "verification"
 
 

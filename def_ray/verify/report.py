@@ -21,27 +21,38 @@ from def_ray.data.lexicon import lookup
 from def_ray.data.windows import split_windows
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import metrics
-from def_ray.verify.forecasters import CaseForecaster
+from def_ray.verify.forecasters import Box, CaseForecaster
 
 
 @dataclass
 class Cases:
-    """The init indices (last past frame) to verify, and the truth after each."""
+    """The cases to verify: init indices (last past frame), each on the whole grid or on a tile `boxes[i]` =
+    (y0, y1, x0, x1), and the truth after each."""
 
     store: ZarrStore
     variable: str
     init_indices: np.ndarray
     lead_steps: int
     dt_steps: int
+    boxes: list[Box | None] | None = None
     truth: xr.DataArray = field(init=False)
 
     def __post_init__(self) -> None:
-        frames = [self.store.read(self.variable, [int(i) + k * self.dt_steps for k in range(1, self.lead_steps + 1)])
-                  for i in self.init_indices]
+        if self.boxes is None:
+            self.boxes = [None] * len(self.init_indices)
+        frames = [self.read(int(i), box, range(1, self.lead_steps + 1))
+                  for i, box in zip(self.init_indices, self.boxes)]
         times = self.store.all_times()[self.init_indices]
         self.truth = xr.DataArray(np.stack(frames).astype("float32"), dims=("case", "lead", "y", "x"),
                                   coords={"init_time": ("case", times), "lead": np.arange(1, self.lead_steps + 1)},
                                   name=self.variable, attrs={"units": lookup(self.variable).units})
+
+    def read(self, init_index: int, box: Box | None, steps: Sequence[int]) -> np.ndarray:
+        """Frames at init_index + k * dt_steps for k in `steps`, on the case's box."""
+        idx = [init_index + k * self.dt_steps for k in steps]
+        if box is None:
+            return self.store.read(self.variable, idx)
+        return self.store.read(self.variable, idx, slice(box[0], box[1]), slice(box[2], box[3]))
 
 
 def select_cases(store: ZarrStore, data: DataConfig, lead_steps: int, split: str = "test",
@@ -61,6 +72,25 @@ def select_cases(store: ZarrStore, data: DataConfig, lead_steps: int, split: str
     return keep
 
 
+def rainy_tiles(store: ZarrStore, variable: str, init_indices: np.ndarray, n_past: int, lead_steps: int,
+                dt_steps: int, tile: int, min_rain_fraction: float, event: float) -> tuple[np.ndarray, list[Box]]:
+    """(init indices, boxes) of every tile x tile square of the grid (from the origin, whole tiles only) that is
+    inside radar coverage over the whole window (past and leads: no missing value) and rainy at the init time (at
+    least `min_rain_fraction` of it at or above `event`)."""
+    ny, nx = store.shape[1:]
+    boxes = [(y, y + tile, x, x + tile) for y in range(0, ny - tile + 1, tile) for x in range(0, nx - tile + 1, tile)]
+    inits, kept = [], []
+    for i in init_indices:
+        idx = [int(i) + k * dt_steps for k in range(-(n_past - 1), lead_steps + 1)]
+        frames = store.read(variable, idx)
+        for y0, y1, x0, x1 in boxes:
+            f = frames[:, y0:y1, x0:x1]
+            if np.isfinite(f).all() and (f[n_past - 1] >= event).mean() >= min_rain_fraction:
+                inits.append(int(i))
+                kept.append((y0, y1, x0, x1))
+    return np.asarray(inits, dtype=int), kept
+
+
 def run_forecasters(cases: Cases, forecasters: Mapping[str, CaseForecaster],
                     progress: Callable[[str], None] | None = None) -> dict[str, xr.DataArray]:
     """Each forecaster on each case -> DataArray (case, member, lead, y, x)."""
@@ -68,7 +98,7 @@ def run_forecasters(cases: Cases, forecasters: Mapping[str, CaseForecaster],
     for name, fn in forecasters.items():
         if progress:
             progress(name)
-        runs = [np.asarray(fn(int(i)), dtype="float32") for i in cases.init_indices]
+        runs = [np.asarray(fn(int(i), box), dtype="float32") for i, box in zip(cases.init_indices, cases.boxes)]
         shapes = {r.shape for r in runs}
         if len(shapes) != 1 or next(iter(shapes))[1:] != cases.truth.shape[1:]:
             raise ValueError(f"forecaster {name!r} returned shapes {shapes}; expected (members, "

@@ -22,7 +22,7 @@ from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import forecasters as fcs
 from def_ray.verify.calibration import deviation_interval, reliability_against_truth
-from def_ray.verify.report import Cases, Plotter, run_forecasters, score, select_cases, write_report
+from def_ray.verify.report import Cases, Plotter, rainy_tiles, run_forecasters, score, select_cases, write_report
 
 @dataclass
 class VerifyResult:
@@ -125,7 +125,16 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
     if inits.size == 0:
         raise ConfigError(f"verify: the {v.split} split of {cfg.data.store} holds no window with "
                           f"{v.lead_steps} lead step(s) after it")
-    cases = Cases(store, variable, inits, v.lead_steps, cfg.data.dt_steps)
+    boxes = None
+    if v.tile is not None:
+        from def_ray.data.ray_dataset import event_threshold
+
+        inits, boxes = rainy_tiles(store, variable, inits, cfg.data.n_past, v.lead_steps, cfg.data.dt_steps, v.tile,
+                                   v.min_rain_fraction, event_threshold(variable))
+        if inits.size == 0:
+            raise ConfigError(f"verify: no {v.tile} x {v.tile} tile of the {v.split} split's init times is inside "
+                              f"radar coverage and rainy (verify.min_rain_fraction={v.min_rain_fraction})")
+    cases = Cases(store, variable, inits, v.lead_steps, cfg.data.dt_steps, boxes)
     table = build_forecasters(cfg, store, models, members, v.lead_steps, variable)
     say = (lambda name: print(f"verify: running {name} on {inits.size} case(s)", flush=True)) if progress else None
     forecasts = run_forecasters(cases, table, say)

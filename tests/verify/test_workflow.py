@@ -45,7 +45,7 @@ def test_a_perfect_forecaster_scores_perfectly(synthetic_cfg):
     cases = Cases(store, "refc", inits, 2, 1)
     assert cases.truth.name == "refc" and cases.truth.attrs["units"] == "dBZ"  # plots name the event with them
     truth_by_init = {int(i): cases.truth.values[k] for k, i in enumerate(inits)}
-    perfect = {"oracle": lambda i: np.repeat(truth_by_init[i][None], 3, axis=0)}
+    perfect = {"oracle": lambda i, box: np.repeat(truth_by_init[i][None], 3, axis=0)}
     s = score(run_forecasters(cases, perfect), cases.truth, [20.0], [1, 3], reference=None)["oracle"]
     for lead in (1, 2):
         assert s[lead]["crps"] == pytest.approx(0, abs=1e-6) and s[lead]["rmse"] == pytest.approx(0, abs=1e-6)
@@ -55,12 +55,32 @@ def test_a_perfect_forecaster_scores_perfectly(synthetic_cfg):
             assert t["csi"] == 1 and t["fss"][1] == pytest.approx(1)
 
 
+def test_tile_cases_are_the_rainy_covered_tiles_and_every_method_sees_its_tile(synthetic_cfg):
+    from def_ray.verify.forecasters import persistence_forecaster
+    from def_ray.verify.report import rainy_tiles
+
+    store = ZarrStore(synthetic_cfg.data.store)
+    inits = select_cases(store, synthetic_cfg.data, lead_steps=2, max_cases=4)
+    frames = store.read("refc", list(range(store.shape[0])))
+    tile = store.shape[1] // 2
+    got_inits, boxes = rainy_tiles(store, "refc", inits, synthetic_cfg.data.n_past, 2, 1, tile, 0.7, 0.0)
+    expect = [(int(i), (y, y + tile, x, x + tile)) for i in inits for y in (0, tile) for x in (0, tile)
+              if (frames[i, y:y + tile, x:x + tile] >= 0.0).mean() >= 0.7]
+    assert list(zip(got_inits.tolist(), boxes)) == expect and 0 < len(expect) < 4 * len(inits)
+    cases = Cases(store, "refc", got_inits, 2, 1, boxes)
+    assert cases.truth.shape == (len(expect), 2, tile, tile)
+    (i0, (y0, y1, x0, x1)) = expect[0]
+    np.testing.assert_array_equal(cases.truth.values[0, 1], frames[i0 + 2, y0:y1, x0:x1])
+    fc = run_forecasters(cases, {"persistence": persistence_forecaster(store, "refc", 2)})["persistence"]
+    np.testing.assert_array_equal(fc.values[0, 0, 1], frames[i0, y0:y1, x0:x1])
+
+
 def test_forecasters_with_the_wrong_shape_are_named(synthetic_cfg):
     store = ZarrStore(synthetic_cfg.data.store)
     inits = select_cases(store, synthetic_cfg.data, lead_steps=1, max_cases=2)
     cases = Cases(store, "refc", inits, 1, 1)
     with pytest.raises(ValueError, match="'broken'"):
-        run_forecasters(cases, {"broken": lambda i: np.zeros((2, 1, 5, 5))})
+        run_forecasters(cases, {"broken": lambda i, box: np.zeros((2, 1, 5, 5))})
 
 
 @pytest.mark.slow
