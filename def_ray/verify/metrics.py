@@ -186,6 +186,39 @@ def spread_skill_ratio(forecast: xr.DataArray, truth: xr.DataArray, dim: Dims = 
     return np.sqrt((m + 1) / m) * spread / rmse
 
 
+def spread_error_curve(forecast: xr.DataArray, truth: xr.DataArray, bins: int = 10,
+                       member_dim: str = "member", min_share: float = 0.01) -> xr.Dataset:
+    """Does the spread mean something: points binned by their ensemble spread (equal-count bins), per bin the
+    corrected spread sqrt((M + 1) / M) * sqrt(mean var) and the RMSE of the ensemble mean (a consistent ensemble
+    lies on the diagonal), their count, and as attributes the correlation of spread with |error| over all points
+    and ``max_relative_deviation`` = max |spread / RMSE - 1| over bins holding at least `min_share` of the points.
+    Binning by the sample spread of M members pulls the end bins off the diagonal even for a consistent ensemble
+    (about 14% for M = 20; tests/verify/test_metrics.py).
+    """
+    forecast, truth = _checked("spread_error_curve", forecast, truth, member_dim, ensemble=True)
+    m = _members(forecast, member_dim)
+    if m < 2:
+        raise ValueError(f"spread_error_curve: needs at least 2 members along {member_dim!r}, got {m}")
+    var = forecast.var(member_dim, ddof=1).values.ravel()
+    err = (forecast.mean(member_dim) - truth).values.ravel()
+    ok = np.isfinite(var) & np.isfinite(err)
+    var, err = var[ok], err[ok]
+    edges = np.unique(np.quantile(var, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, var, side="right") - 1, 0, max(len(edges) - 2, 0))
+    n_bins = max(len(edges) - 1, 1)
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.sqrt((m + 1) / m * np.bincount(which, weights=var, minlength=n_bins) / count)
+        rmse = np.sqrt(np.bincount(which, weights=err * err, minlength=n_bins) / count)
+        corr = float(np.corrcoef(np.sqrt(var), np.abs(err))[0, 1]) if var.size > 1 else float("nan")
+    big = count >= min_share * max(count.sum(), 1)
+    dev = np.abs(spread / rmse - 1)
+    ds = xr.Dataset({"spread": ("bin", spread), "rmse": ("bin", rmse), "count": ("bin", count)})
+    ds.attrs.update(correlation=corr, members=m,
+                    max_relative_deviation=float(np.nanmax(dev[big])) if big.any() else float("nan"))
+    return ds
+
+
 def rank_histogram(forecast: xr.DataArray, truth: xr.DataArray, dim: Dims = None, member_dim: str = "member",
                    seed: int = 0) -> xr.DataArray:
     """Counts of the rank of the truth among the members (0 = below every member, M = above every member).

@@ -125,6 +125,12 @@ def score(forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray, thresholds
             if m > 1:
                 row["spread"] = float(metrics.ensemble_spread(f, t))
                 row["spread_skill"] = float(metrics.spread_skill_ratio(f, t))
+                curve = metrics.spread_error_curve(f, t)
+                row["spread_error"] = {"spread": [_num(x) for x in curve["spread"].values],
+                                       "rmse": [_num(x) for x in curve["rmse"].values],
+                                       "count": curve["count"].values.astype(int).tolist(),
+                                       "correlation": _num(curve.attrs["correlation"]),
+                                       "max_relative_deviation": _num(curve.attrs["max_relative_deviation"])}
             thr_rows = {}
             cont = metrics.contingency_scores(f, t, list(thresholds))
             fss = metrics.fractions_skill_score(f, t, list(thresholds), list(scales))
@@ -151,24 +157,27 @@ def _num(x: Any) -> float | None:
 
 
 def markdown_table(scores: Mapping[str, Any], thresholds: Sequence[float]) -> str:
-    """One table per lead: a row per method, columns the headline scores."""
+    """One table per lead: a row per method, columns the headline scores (FSS at the largest neighbourhood;
+    spread-error dev = the largest |spread / RMSE - 1| over spread bins holding 1% of the points)."""
     lines = []
     leads = sorted({lead for per in scores.values() for lead in per})
     for lead in leads:
         lines += [f"### lead {lead} step(s)", ""]
-        head = ["method", "members", "CRPS", "CRPSS", "RMSE", "spread/skill"]
+        head = ["method", "members", "CRPS", "CRPSS", "RMSE", "spread/skill", "spread-error dev"]
         for thr in thresholds:
-            head += [f"Brier≥{thr:g}", f"AUC≥{thr:g}", f"CSI≥{thr:g}"]
+            head += [f"Brier≥{thr:g}", f"AUC≥{thr:g}", f"CSI≥{thr:g}", f"bias≥{thr:g}", f"FSS≥{thr:g}"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, per in scores.items():
             r = per.get(lead)
             if r is None:
                 continue
             cells = [name, str(r["members"]), _fmt(r["crps"]), _fmt(r.get("crpss")), _fmt(r["rmse"]),
-                     _fmt(r.get("spread_skill"))]
+                     _fmt(r.get("spread_skill")), _fmt(r.get("spread_error", {}).get("max_relative_deviation"))]
             for thr in thresholds:
                 t = r["thresholds"][str(thr)]
-                cells += [_fmt(t["brier"]), _fmt(t.get("roc_auc")), _fmt(t["csi"])]
+                fss = t["fss"][max(t["fss"])] if t["fss"] else None  # at the largest neighbourhood
+                cells += [_fmt(t["brier"]), _fmt(t.get("roc_auc")), _fmt(t["csi"]), _fmt(t["frequency_bias"]),
+                          _fmt(fss)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -60,6 +60,31 @@ def build_forecasters(cfg: Config, store: ZarrStore, models: Mapping[str, str], 
     return table
 
 
+def calibration_table(probabilities: Mapping[str, np.ndarray], reference: np.ndarray, thresholds: Sequence[float],
+                      groups: np.ndarray, min_count: int) -> dict[str, Any]:
+    """Reliability of each method's probabilities (case, threshold, y, x) against `reference` probabilities of the
+    same shape (the known ones, or 0/1 outcomes), per bin with a case-bootstrap interval (cases resampled in
+    `groups`)."""
+    out: dict[str, Any] = {}
+    for name, p_fc in probabilities.items():
+        out[name] = {}
+        for k, thr in enumerate(thresholds):
+            rel = reliability_against_truth(p_fc[:, k], reference[:, k], min_count=min_count)
+            ci = deviation_interval(p_fc[:, k], reference[:, k], min_count=min_count, groups=groups)
+            out[name][str(thr)] = {
+                "max_deviation": rel.attrs["max_deviation"],
+                "max_deviation_interval": [ci.attrs["max_deviation_lower"], ci.attrs["max_deviation_upper"]],
+                "interval_level": ci.attrs["level"], "min_count": min_count,
+                "mean_forecast": rel.attrs["mean_forecast"], "mean_true": rel.attrs["mean_true"],
+                "bins": {f"{lo:.1f}-{hi:.1f}": {"forecast": _f(f), "true": _f(t), "count": int(n),
+                                                "difference_interval": [_f(d_lo), _f(d_hi)]}
+                         for lo, hi, f, t, n, d_lo, d_hi in zip(
+                             rel.bin_lower.values, rel.bin_upper.values, rel.forecast_probability.values,
+                             rel.true_probability.values, rel["count"].values, ci["lower"].values,
+                             ci["upper"].values)}}
+    return out
+
+
 def synthetic_calibration(cfg: Config, cases: Cases, probabilities: Mapping[str, np.ndarray],
                           thresholds: Sequence[float]) -> dict[str, Any]:
     """Reliability of each method's lead-1 probabilities against the synthetic process's exact probabilities."""
@@ -71,35 +96,36 @@ def synthetic_calibration(cfg: Config, cases: Cases, probabilities: Mapping[str,
     p_true = truth.sel(time=valid.astype(truth.time.dtype)).values  # (case, threshold, y, x)
     # cases less than a cell's longest life apart share cells: the bootstrap resamples such blocks whole
     blocks = (init_times - init_times.min()) // np.timedelta64(max(LIFETIMES), "h")
-    out: dict[str, Any] = {}
-    for name, p_fc in probabilities.items():
-        out[name] = {}
-        for k, thr in enumerate(thresholds):
-            rel = reliability_against_truth(p_fc[:, k], p_true[:, k])
-            ci = deviation_interval(p_fc[:, k], p_true[:, k], groups=blocks)
-            out[name][str(thr)] = {
-                "max_deviation": rel.attrs["max_deviation"],
-                "max_deviation_interval": [ci.attrs["max_deviation_lower"], ci.attrs["max_deviation_upper"]],
-                "interval_level": ci.attrs["level"],
-                "mean_forecast": rel.attrs["mean_forecast"], "mean_true": rel.attrs["mean_true"],
-                "bins": {f"{lo:.1f}-{hi:.1f}": {"forecast": _f(f), "true": _f(t), "count": int(n),
-                                                "difference_interval": [_f(d_lo), _f(d_hi)]}
-                         for lo, hi, f, t, n, d_lo, d_hi in zip(
-                             rel.bin_lower.values, rel.bin_upper.values, rel.forecast_probability.values,
-                             rel.true_probability.values, rel["count"].values, ci["lower"].values,
-                             ci["upper"].values)}}
-    return out
+    return calibration_table(probabilities, p_true, thresholds, blocks, min_count=50)
+
+
+def observed_calibration(cases: Cases, probabilities: Mapping[str, np.ndarray],
+                         thresholds: Sequence[float], min_count: int = 500) -> dict[str, Any]:
+    """Reliability of each method's lead-1 probabilities against what happened (outcome frequency per bin), the
+    cases of one init time resampled together (tiles of one hour share their weather)."""
+    obs = cases.truth.isel(lead=0).values
+    outcomes = np.stack([np.where(np.isfinite(obs), obs >= thr, np.nan) for thr in thresholds], axis=1)
+    groups = cases.truth["init_time"].values.astype("datetime64[s]").astype(np.int64)
+    return calibration_table(probabilities, outcomes, thresholds, groups, min_count)
 
 
 def _f(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def _calibration_section(cal: Mapping[str, Any]) -> str:
-    lines = ["## Reliability against the known probabilities (synthetic process)", "",
-             "Largest |mean forecast probability - mean true probability| over forecast-probability bins holding at "
-             "least 50 points (lead 1), its 90% interval from resampling the cases in blocks of a cell's longest "
-             "life (how much of it the few cases verified could explain), and the overall mean probabilities.", "",
+def _calibration_section(cal: Mapping[str, Any], observed: bool = False) -> str:
+    if observed:
+        head = ["## Reliability against what happened", "",
+                "Largest |mean forecast probability - observed frequency| over forecast-probability bins holding at "
+                "least 500 points (lead 1), its 90% interval from resampling the init times (the tiles of one hour "
+                "together), and the overall mean probability and frequency.", ""]
+    else:
+        head = ["## Reliability against the known probabilities (synthetic process)", "",
+                "Largest |mean forecast probability - mean true probability| over forecast-probability bins holding "
+                "at least 50 points (lead 1), its 90% interval from resampling the cases in blocks of a cell's "
+                "longest life (how much of it the few cases verified could explain), and the overall mean "
+                "probabilities.", ""]
+    lines = [*head,
              "| method | threshold | max deviation | 90% interval | mean forecast | mean true |",
              "|---|---|---|---|---|---|"]
     for name, per in cal.items():
@@ -140,16 +166,19 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
     forecasts = run_forecasters(cases, table, say)
     scores = score(forecasts, cases.truth, thresholds, v.scales)
     sections, calibration = [], {}
+    probs = {name: np.stack([(fc.isel(lead=0) >= thr).mean("member").values for thr in thresholds], axis=1)
+             for name, fc in forecasts.items() if fc.sizes["member"] > 1}
     if synth_truth:
-        probs = {name: np.stack([(fc.isel(lead=0) >= thr).mean("member").values for thr in thresholds], axis=1)
-                 for name, fc in forecasts.items() if fc.sizes["member"] > 1}
         calibration = synthetic_calibration(cfg, cases, probs, [t for t in thresholds if t > 0])
         sections.append(_calibration_section(calibration))
+    elif probs:
+        calibration = observed_calibration(cases, probs, thresholds)
+        sections.append(_calibration_section(calibration, observed=True))
     out = Path(out_dir or v.out)
     paths = write_report(out, scores, forecasts, cases.truth, thresholds, v.scales, sections,
                          title=f"def_ray verification: {cfg.name}", plotter=plotter)
     if calibration:
-        paths["calibration"] = out / "calibration_vs_truth.json"
+        paths["calibration"] = out / ("calibration_vs_truth.json" if synth_truth else "calibration_vs_observed.json")
         paths["calibration"].write_text(json.dumps(calibration, indent=2))
     if mlflow_run_id:
         log_to_mlflow(cfg, mlflow_run_id, out, scores)

@@ -73,6 +73,23 @@ def spread_skill_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: 
     return _save(fig, path)
 
 
+def spread_error_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray) -> Path:
+    """Binned spread against the RMSE of the ensemble mean in each bin, lead 1: on the diagonal, spread means
+    what it says."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    top = 0.0
+    for name, fc in _ensembles(forecasts).items():
+        c = metrics.spread_error_curve(fc.isel(lead=0), truth.isel(lead=0))
+        ax.plot(c["spread"], c["rmse"], "o-", label=f"{name} (r = {c.attrs['correlation']:.2f})")
+        top = max(top, float(np.nanmax(c["spread"])), float(np.nanmax(c["rmse"])))
+    ax.plot([0, top], [0, top], "k:", lw=1, label="consistent")
+    units = truth.attrs.get("units", "")
+    ax.set(xlabel=f"ensemble spread ({units})", ylabel=f"RMSE of the ensemble mean ({units})",
+           title="spread-error, lead 1 (10 equal-count bins)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def fss_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray, thresholds: Sequence[float],
              scales: Sequence[int]) -> Path:
     fig, axes = plt.subplots(1, len(thresholds), figsize=(4 * len(thresholds), 3.5), squeeze=False)
@@ -122,4 +139,5 @@ def verification_plots(out: Path, forecasts: Mapping[str, xr.DataArray], truth: 
         paths["reliability"] = reliability_plot(out / "reliability.png", forecasts, truth, thresholds)
         paths["rank_histogram"] = rank_histogram_plot(out / "rank_histogram.png", forecasts, truth)
         paths["spread_skill"] = spread_skill_plot(out / "spread_skill.png", forecasts, truth)
+        paths["spread_error"] = spread_error_plot(out / "spread_error.png", forecasts, truth)
     return paths

@@ -106,3 +106,17 @@ def test_groups_resample_correlated_cases_together():
     assert naive == pytest.approx(single / np.sqrt(2), rel=0.1)
     with pytest.raises(ValueError, match="one label per case"):
         deviation_interval(forecast, true, groups=np.arange(3))
+
+
+def test_calibration_table_against_outcomes_finds_a_bias_and_passes_a_calibrated_forecast():
+    from def_ray.verify.workflow import calibration_table
+
+    rng = np.random.default_rng(1)
+    p = rng.choice([0.1, 0.3, 0.7], size=(40, 1, 30, 30))  # (case, threshold, y, x)
+    outcome = (rng.uniform(size=p.shape) < p).astype(float)
+    groups = np.arange(40) // 4  # cases of one init time resampled together
+    table = calibration_table({"good": p, "biased": np.clip(p + 0.2, 0, 1)}, outcome, [5.0], groups, 500)
+    good, biased = table["good"]["5.0"], table["biased"]["5.0"]
+    assert good["max_deviation"] < 0.02 and biased["max_deviation"] == pytest.approx(0.2, abs=0.02)
+    lo, hi = biased["max_deviation_interval"]
+    assert lo > 0.15 and good["max_deviation_interval"][1] < 0.05 and good["min_count"] == 500
