@@ -513,23 +513,23 @@ def error_message(err: BaseException) -> str:
     return one_line(err) or type(err).__name__
 
 
-def run_command(prog: str, work: Callable[[], int], bad_input: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a command's `work`: bad input (ConfigError and `bad_input`) prints one line and returns 2, any other
-    failure one line naming its type and returns 1, Ctrl-C returns 130; never a traceback, unless DEF_RAY_DEBUG=1
-    asks for it (the exception is raised again)."""
+def run_command(prog: str, work: Callable[[], int],
+                bad_input: tuple[type[BaseException], ...] | Callable[[], tuple[type[BaseException], ...]] = ()) -> int:
+    """Run a command's `work`: bad input (ConfigError and `bad_input`, or the classes it returns) prints one line and
+    returns 2, any other failure one line naming its type and returns 1, Ctrl-C returns 130; never a traceback,
+    unless DEF_RAY_DEBUG=1 asks for it (the exception is raised again)."""
     try:
         return work()
-    except (ConfigError, *bad_input) as err:
-        if os.environ.get("DEF_RAY_DEBUG") == "1":
-            raise
-        print(f"{prog}: {error_message(err)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
         if os.environ.get("DEF_RAY_DEBUG") == "1":
             raise
+        kinds = bad_input if isinstance(bad_input, tuple) else bad_input()
+        if isinstance(err, (ConfigError, *kinds)):
+            print(f"{prog}: {error_message(err)}", file=sys.stderr)
+            return 2
         print(f"{prog}: failed: {type(root_cause(err)).__name__}: {error_message(err)} (DEF_RAY_DEBUG=1 shows the "
               "traceback)", file=sys.stderr)
         return 1
