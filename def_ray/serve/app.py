@@ -10,12 +10,21 @@ multiples of the member batch size, as the batch job's chunks do) and calls ``En
 deployment handle for each range with its ``member_offset``, so the members are those of the batch job for the
 same seed; then it combines them and computes the products.
 
-Overload: every deployment has max_ongoing_requests / max_queued_requests (serve config), so Serve answers 503
-instead of queueing without bound; a sampler refusing a range makes the ingress answer 503 as well.  A request
-not done within serve.request_timeout_s answers 504 and cancels its sampler calls; a cancelled call stops at the
-next network evaluation (a forward pre-hook checks a per-call flag).  With the environment variable named by
-serve.api_key_env set when the app is built, requests other than /healthz and /docs need the key (header
-X-API-Key or `Authorization: Bearer KEY`) and get 401 without it; bodies over serve.max_body_bytes get 413.
+Malformed requests: every one answers 4xx with JSON naming the input at fault (`field`, `detail`), never 500:
+NaN, Infinity and overflowing numbers are refused by the schema, error answers never echo raw input back (JSON
+cannot encode NaN), and inline conditioning's declared shape is checked before anything is allocated.
+
+Overload and time: the ingress admits serve.sampler_replicas x (max_ongoing_requests + max_queued_requests)
+requests at a time and answers the rest 503 itself at once (JSON, Retry-After); its Serve slots are sized above
+that, so requests do not wait in Serve's queue in front of it.  Every request has serve.request_timeout_s from the
+moment the ingress receives it: waiting for a sampler slot, sampling and building the answer all count, and a
+request not done by then answers the app's own 504 (JSON naming the limit) and cancels its sampler calls (a
+cancelled call stops at the next network evaluation: a forward pre-hook checks a per-call flag).  run_serve sets
+the HTTP proxy's own limit above the app's (proxy_timeout_s), so clients get the app's 504, not the proxy's 408.
+
+With the environment variable named by serve.api_key_env set when the app is built, requests other than /healthz
+and /docs need the key (header X-API-Key or `Authorization: Bearer KEY`) and get 401 without it; bodies over
+serve.max_body_bytes get 413.
 
 Deploy: `def-ray serve --config CFG --model CKPT` (run_serve), or `serve run/deploy cluster/serve_config.yaml`
 (import path def_ray.serve.app:build_app, args: config, model).
@@ -37,22 +46,46 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from def_ray.config import Config, SamplerConfig, config_from_dict, load_config
+from def_ray.config import (Config, ConfigError, SamplerConfig, ServeConfig, config_from_dict, error_message,
+                            load_config, one_line, root_cause)
 from def_ray.data.normalise import Normaliser
 from def_ray.forecast.forecaster import ForecastError, Forecaster
 from def_ray.forecast.members import MemberSampler, member_ranges
 from def_ray.serve.schema import ForecastRequest, RequestProblem, index_box
 
-__all__ = ["EnsembleSampler", "ForecastIngress", "forecast_app", "build_app", "run_serve", "SamplingCancelled"]
+__all__ = ["EnsembleSampler", "ForecastIngress", "forecast_app", "build_app", "run_serve", "SamplingCancelled",
+           "ingress_limits", "proxy_timeout_s", "check_serve_inputs"]
 
 PUBLIC_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+RECEIVED = "def_ray.received"
+"""ASGI scope key: time.monotonic() when the ingress received the request (the request timeout counts from it)."""
+PROXY_MARGIN_S = 10.0
+"""How far the HTTP proxy's own request timeout stays above serve.request_timeout_s."""
+
+
+def ingress_limits(sv: ServeConfig) -> tuple[int, int, int]:
+    """(requests the ingress admits at a time, its Serve max_ongoing_requests, its Serve max_queued_requests).
+
+    It admits what the sampler replicas can hold (ongoing + queued) and answers the rest 503 itself; its Serve
+    slots leave room above that for the requests it turns away, so none waits in Serve's queue, where its time
+    would not count against serve.request_timeout_s (only a burst of more than twice as many at once queues there,
+    briefly: turned-away requests free their slots in milliseconds).
+    """
+    admitted = sv.sampler_replicas * (sv.max_ongoing_requests + sv.max_queued_requests)
+    slots = admitted + max(16, admitted)
+    return admitted, slots, slots
+
+
+def proxy_timeout_s(sv: ServeConfig) -> float:
+    """The HTTP proxy's request timeout: above the app's, so a client gets the app's JSON 504, not the proxy's 408."""
+    return float(sv.request_timeout_s) + PROXY_MARGIN_S
 
 
 # -- the sampler deployment -----------------------------------------------------------------------------------------
@@ -145,7 +178,8 @@ class _Guard:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        scope[RECEIVED] = time.monotonic()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         expected = _GUARD.get("api_key_hash")
         if expected and not scope["path"].rstrip("/").endswith(PUBLIC_PATHS):
             given = headers.get("x-api-key") or ""
@@ -156,6 +190,12 @@ class _Guard:
                 return await _send_json(send, 401, {"detail": "missing or wrong API key (header X-API-Key or "
                                                               "Authorization: Bearer)", "field": "X-API-Key"},
                                         {"www-authenticate": "Bearer"})
+        if not str(scope.get("path", "")).rstrip("/").endswith(PUBLIC_PATHS):
+            length = headers.get("content-length", "0")
+            limit = _GUARD.get("max_body_bytes")
+            if limit is not None and length.isdigit() and int(length) > int(limit):
+                return await _send_json(send, 413, {"detail": f"body of {length} bytes is larger than "
+                                                              f"serve.max_body_bytes={limit}", "field": "body"})
         limit = _GUARD.get("max_body_bytes")
         if limit is None:
             return await self.app(scope, receive, send)
@@ -163,7 +203,7 @@ class _Guard:
 
 
 async def _send_json(send: Any, status: int, body: dict, headers: Mapping[str, str] | None = None) -> None:
-    data = json.dumps(body).encode()
+    data = _json_bytes(body)
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": hdrs})
@@ -173,21 +213,92 @@ async def _send_json(send: Any, status: int, body: dict, headers: Mapping[str, s
 api.add_middleware(_Guard)
 
 
+def _plain(value: Any) -> Any:
+    """`value` made encodable as strict JSON: non-finite floats become strings, unknown objects their str()."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else str(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _json_bytes(content: Any) -> bytes:
+    """Strict JSON (no NaN/Infinity), ASCII-escaped so that any text a request sent (lone surrogates included)
+    can be named back."""
+    return json.dumps(_plain(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSON answer that cannot fail to encode (see _json_bytes)."""
+
+    def render(self, content: Any) -> bytes:
+        return _json_bytes(content)
+
+
+def _error(status: int, detail: str, field: str = "", headers: Mapping[str, str] | None = None,
+           **extra: Any) -> SafeJSONResponse:
+    return SafeJSONResponse(status_code=status, content={"detail": detail, "field": field, **extra},
+                            headers=dict(headers or {}))
+
+
+def _loc(error: Mapping[str, Any]) -> str:
+    """The dotted field of a pydantic error ("body" for the body as a whole or a JSON syntax error)."""
+    if error.get("type") == "json_invalid":
+        return "body"
+    return ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":
+        loc = [p for p in error.get("loc", ()) if p != "body"]
+        where = f" at character {loc[0]}" if loc else ""
+        msg = f"not valid JSON{where}: {(error.get('ctx') or {}).get('error', msg)}"
+    return one_line(msg)
+
+
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = []
-    for e in exc.errors():
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        problems.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}")
-    first = exc.errors()[0] if exc.errors() else {}
-    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return JSONResponse(status_code=422, content={"detail": "; ".join(problems), "field": field,
-                                                  "errors": jsonable_encoder(exc.errors(), custom_encoder={
-                                                      Exception: str})})
+    """422 naming every field at fault; the raw input is never echoed (it may hold NaN, which JSON cannot carry)."""
+    errors = exc.errors()
+    problems = [f"{_loc(e)}: {_describe(e)}" for e in errors]
+    return _error(422, "; ".join(problems) or "invalid request", _loc(errors[0]) if errors else "body",
+                  errors=[{"field": _loc(e), "type": e.get("type", ""), "msg": _describe(e)} for e in errors])
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body it cannot parse, a body too large, an unknown path) in the same JSON form."""
+    field = "body" if exc.status_code in (400, 413, 415) else ""
+    detail = exc.detail if exc.status_code != 400 else f"{exc.detail} (send UTF-8 JSON)"
+    return _error(exc.status_code, one_line(detail), field, headers=getattr(exc, "headers", None))
 
 
 def _problem(p: RequestProblem) -> JSONResponse:
-    return JSONResponse(status_code=p.status, content={"detail": p.message, "field": p.field})
+    return _error(p.status, p.message, p.field)
+
+
+class _Late(Exception):
+    """The request's time (serve.request_timeout_s from its receipt) ran out."""
+
+
+async def _by(deadline: float, awaitable: Any) -> Any:
+    """Await `awaitable` until `deadline` (time.monotonic()); _Late when it is not done by then."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        elif isinstance(awaitable, asyncio.Future):
+            awaitable.cancel()
+        raise _Late
+    try:
+        return await asyncio.wait_for(awaitable, timeout=left)
+    except asyncio.TimeoutError:
+        raise _Late from None
 
 
 def _cropped_projection(projection: Mapping[str, Any], y0: int, x0: int, ny: int, nx: int) -> dict:
@@ -255,6 +366,7 @@ class ForecastIngress:
         self.store = store if store.exists() else None
         self.step_s = self.forecaster.step_seconds(self.store)
         self.latlon = self.store.latlon() if self.store is not None else None
+        self.admitted, self.active = ingress_limits(self.cfg.serve)[0], 0
         # Serve ships this class by value (globals copied); the middleware reads the real module's _GUARD
         import def_ray.serve.app as this_module
 
@@ -271,36 +383,53 @@ class ForecastIngress:
         401: {"description": "API key missing or wrong"}, 413: {"description": "body too large"},
         422: {"description": "invalid request; `field` names the input at fault"},
         503: {"description": "overloaded, try again later"}, 504: {"description": "request timed out"}})
-    async def forecast(self, body: ForecastRequest) -> Any:
-        started = time.monotonic()
+    async def forecast(self, body: ForecastRequest, request: Request) -> Any:
+        deadline = request.scope.get(RECEIVED, time.monotonic()) + self.cfg.serve.request_timeout_s
+        if self.active >= self.admitted:
+            return self._overloaded(f"{self.active} requests in progress, as many as this app admits")
+        self.active += 1
+        try:
+            return await self._answer(body, deadline)
+        except _Late:
+            return _error(504, f"not done within serve.request_timeout_s={self.cfg.serve.request_timeout_s:g} s "
+                               "(counted from when the app received it, waiting for a sampler included); its "
+                               "sampling was cancelled", timeout_s=self.cfg.serve.request_timeout_s)
+        finally:
+            self.active -= 1
+
+    def _overloaded(self, why: str) -> JSONResponse:
+        return _error(503, f"overloaded, try again later: {why}", headers={"Retry-After": "1"})
+
+    async def _answer(self, body: ForecastRequest, deadline: float) -> Any:
+        """Plan, condition, sample, respond: each step bounded by what is left of the request's time."""
         try:
             plan = self._plan(body)
-            cond, plan["normaliser"], plan["store_url"] = await asyncio.to_thread(self._conditioning, body)
+            cond, plan["normaliser"], plan["store_url"] = await _by(deadline,
+                                                                    asyncio.to_thread(self._conditioning, body))
             plan["box"] = index_box(body.bbox, tuple(cond.shape[-2:]), *self._latlon_for(cond.shape[-2:]))
+            ens = await self._sample(cond, plan, body.seed, deadline)
         except RequestProblem as p:
             return _problem(p)
-        except ForecastError as err:
-            return _problem(RequestProblem(err.field or "body", str(err)))
-        remaining = self.cfg.serve.request_timeout_s - (time.monotonic() - started)
+        except ForecastError as err:  # also raised in a sampler replica: the message of its cause
+            return _problem(RequestProblem(getattr(root_cause(err), "field", "") or "body", error_message(err)))
+        except BackPressureError as err:
+            return self._overloaded(f"the samplers' queues are full ({one_line(err)})")
+        return await _by(deadline, asyncio.to_thread(self._respond, body, plan, ens, cond.shape[-2:]))
+
+    async def _sample(self, cond: np.ndarray, plan: Mapping[str, Any], seed: int, deadline: float) -> np.ndarray:
+        """The members, one contiguous range per sampler replica; every call is cancelled if any fails or time
+        runs out."""
         options = plan["options"]
         ranges = member_ranges(plan["members"], self.cfg.serve.sampler_replicas, options.member_batch_size)
-        calls = [self.sampler.sample.remote(cond, count, plan["lead_steps"], options, body.seed, offset,
+        calls = [self.sampler.sample.remote(cond, count, plan["lead_steps"], options, seed, offset,
                                             plan["normaliser"]) for offset, count in ranges]
         try:
-            parts = await asyncio.wait_for(asyncio.gather(*calls), timeout=max(remaining, 0.001))
-        except asyncio.TimeoutError:
+            parts = await _by(deadline, asyncio.gather(*calls))
+        except BaseException:
             for c in calls:
                 c.cancel()
-            return JSONResponse(status_code=504, content={
-                "detail": f"not done within serve.request_timeout_s={self.cfg.serve.request_timeout_s} s; its "
-                          "sampling was cancelled", "field": ""})
-        except BackPressureError as err:
-            for c in calls:
-                c.cancel()
-            return JSONResponse(status_code=503, headers={"Retry-After": "1"},
-                                content={"detail": f"samplers overloaded, try again later ({err})", "field": ""})
-        ens = np.concatenate(parts, axis=0)
-        return await asyncio.to_thread(self._respond, body, plan, ens, cond.shape[-2:])
+            raise
+        return np.concatenate(parts, axis=0)
 
     # -- steps ---------------------------------------------------------------------------------------------------
     def _plan(self, body: ForecastRequest) -> dict[str, Any]:
@@ -377,7 +506,7 @@ class ForecastIngress:
         if body.output == "netcdf":
             return Response(content=netcdf_bytes(ds), media_type="application/x-netcdf",
                             headers={"Content-Disposition": 'attachment; filename="forecast.nc"'})
-        return JSONResponse(content=_summary(ds, plan, body, (y0, y1, x0, x1)))
+        return SafeJSONResponse(content=_summary(ds, plan, body, (y0, y1, x0, x1)))
 
 
 # -- building and running the app -----------------------------------------------------------------------------------
@@ -395,12 +524,11 @@ def forecast_app(cfg: Config, model_uri: str, api_key: str | None = None) -> ser
         max_queued_requests=sv.max_queued_requests,
         ray_actor_options={"num_cpus": sv.cpus_per_replica, "num_gpus": sv.gpus_per_replica},
     ).bind(model_uri, opts, max(1, int(sv.cpus_per_replica)))
-    # the ingress admits what all sampler replicas together can hold; beyond that Serve answers 503
-    ingress = ForecastIngress.options(
-        num_replicas=1, max_ongoing_requests=sv.sampler_replicas * sv.max_ongoing_requests,
-        max_queued_requests=sv.sampler_replicas * sv.max_queued_requests,
-        ray_actor_options={"num_cpus": sv.ingress_cpus},
-    )
+    # the ingress admits what all sampler replicas together can hold and answers the rest 503 itself, from slots
+    # above that (ingress_limits)
+    _, slots, queue = ingress_limits(sv)
+    ingress = ForecastIngress.options(num_replicas=1, max_ongoing_requests=slots, max_queued_requests=queue,
+                                      ray_actor_options={"num_cpus": sv.ingress_cpus})
     # the keys the config sets, not every default: the checkpoint's sampler defaults apply where it is silent
     config = cfg.model_dump(mode="json", exclude_unset=True)
     return ingress.bind(sampler, config, model_uri, opts, _key_hash(key) if key else None)
@@ -415,15 +543,67 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     return forecast_app(cfg, str(args["model"]))
 
 
+def check_serve_inputs(cfg: Config, model_uri: str) -> Forecaster:
+    """Everything `def-ray serve` can be refused for before Ray starts (ForecastError / ConfigError naming the key):
+    the checkpoint readable and consistent with the config, and the defaults a request falls back on servable
+    (members, lead, sampler steps within the serve limits; one member for a deterministic model)."""
+    from def_ray.data.ray_dataset import resolve_storage_options
+    from def_ray.data.zarr_store import ZarrStore
+    from def_ray.models.diffusion.samplers import resolve_steps
+
+    local = model_uri.removeprefix("file://")
+    if "://" not in local and os.path.isdir(local):
+        raise ForecastError(f"--model {model_uri} is a folder; expected a checkpoint file (.pt)", field="model")
+    try:
+        fc = Forecaster.load(model_uri, resolve_storage_options(model_uri, cfg.train.storage.to_fsspec()), light=True)
+    except OSError as err:
+        raise ForecastError(f"--model {model_uri} cannot be read: {err.strerror or err}", field="model") from None
+    fc.check_config(cfg.data)
+    sv, fc_cfg = cfg.serve, cfg.forecast
+    if fc.kind == "deterministic" and fc_cfg.members != 1:
+        raise ConfigError(f"forecast.members={fc_cfg.members} (a request's default) but checkpoint {model_uri} holds "
+                          "the deterministic model, which makes one member: set forecast.members=1")
+    if fc_cfg.members > sv.max_members:
+        raise ConfigError(f"forecast.members={fc_cfg.members} (a request's default) is above "
+                          f"serve.max_members={sv.max_members}")
+    if fc_cfg.lead_hours > sv.max_lead_hours:
+        raise ConfigError(f"forecast.lead_hours={fc_cfg.lead_hours} (a request's default) is above "
+                          f"serve.max_lead_hours={sv.max_lead_hours}")
+    store = ZarrStore(cfg.data.store, resolve_storage_options(cfg.data.store, cfg.data.storage.to_fsspec()))
+    fc.lead_steps(fc_cfg.lead_hours, store if store.exists() else None)
+    options = fc.sampler_options(fc_cfg.sampler)
+    if fc.kind != "deterministic":
+        steps = resolve_steps(options.name, options.steps, fc.timesteps)
+        if steps > min(sv.max_steps, fc.timesteps):
+            raise ConfigError(f"forecast.sampler.steps={steps} (a request's default) is above serve.max_steps="
+                              f"{sv.max_steps} or the model's T={fc.timesteps}")
+    return fc
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def run_serve(cfg: Config, model_path: str, blocking: bool = True, name: str = "def-ray") -> Any:
-    """Start Serve's HTTP proxy on serve.host:serve.port and deploy the app; with `blocking`, serve until Ctrl-C."""
+    """Check the inputs, start Serve's HTTP proxy on serve.host:serve.port and deploy the app; with `blocking`,
+    serve until Ctrl-C."""
     import ray
 
+    check_serve_inputs(cfg, model_path)
     if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS") and not _port_free(cfg.serve.host, cfg.serve.port):
+            raise ConfigError(f"serve.port={cfg.serve.port} on serve.host={cfg.serve.host} is in use (another "
+                              "server?); choose another with -o serve.port=...")
         ray.init()  # joins RAY_ADDRESS when set, else a local instance
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port,
-                              # the proxy's own limit stays above the app's, so the app's 504 is what clients see
-                              "request_timeout_s": cfg.serve.request_timeout_s + 10})
+                              "request_timeout_s": proxy_timeout_s(cfg.serve)})
     handle = serve.run(forecast_app(cfg, model_path), name=name, route_prefix=cfg.serve.route_prefix)
     if not blocking:
         return handle

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
-from typing import Literal
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["RequestProblem", "Conditioning", "BBox", "ForecastRequest", "index_box"]
+__all__ = ["RequestProblem", "Conditioning", "BBox", "ForecastRequest", "index_box", "MAX_CONDITIONING_VALUES"]
+
+MAX_CONDITIONING_VALUES = 2**28
+"""Most values inline conditioning may declare (1 GiB of float32; the body size limit is usually far lower)."""
 
 
 class RequestProblem(ValueError):
@@ -27,7 +31,8 @@ class RequestProblem(ValueError):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no NaN or Infinity, but Python's parser accepts them (and 1e400 as infinity): refuse them here
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Conditioning(_Body):
@@ -36,29 +41,37 @@ class Conditioning(_Body):
     Give either `data` (nested lists) or `data_b64` (base64 of little-endian float32 in C order).
     """
 
-    shape: list[int] = Field(..., min_length=4, max_length=4, description="(n_past, n_vars, y, x)")
+    shape: list[Annotated[int, Field(ge=1)]] = Field(..., min_length=4, max_length=4,
+                                                      description="(n_past, n_vars, y, x)")
     data: list | None = Field(None, description="nested lists of numbers with the given shape")
     data_b64: str | None = Field(None, description="base64 of little-endian float32 values, C order")
+
+    @field_validator("shape")
+    @classmethod
+    def _bounded(cls, shape: list[int]) -> list[int]:
+        # Python integers: a product that would overflow int64 (and wrap in numpy) is refused, not allocated
+        if math.prod(shape) > MAX_CONDITIONING_VALUES:
+            raise ValueError(f"shape {shape} declares {math.prod(shape)} values; at most {MAX_CONDITIONING_VALUES}")
+        return shape
 
     @model_validator(mode="after")
     def _one_source(self) -> Conditioning:
         if (self.data is None) == (self.data_b64 is None):
             raise ValueError("give exactly one of conditioning.data and conditioning.data_b64")
-        if any(s < 1 for s in self.shape):
-            raise ValueError(f"conditioning.shape {self.shape} must be positive")
         return self
 
     def to_array(self) -> np.ndarray:
         """The frames as float32; RequestProblem("conditioning", ...) when the shape or the values are wrong."""
         shape = tuple(self.shape)
+        size = math.prod(shape)
         if self.data_b64 is not None:
             try:
                 raw = base64.b64decode(self.data_b64, validate=True)
             except (binascii.Error, ValueError) as err:
                 raise RequestProblem("conditioning.data_b64", f"not valid base64 ({err})") from None
-            if len(raw) != 4 * int(np.prod(shape)):
+            if len(raw) != 4 * size:
                 raise RequestProblem("conditioning.data_b64", f"{len(raw)} bytes, but shape {list(shape)} of "
-                                                              f"float32 needs {4 * int(np.prod(shape))}")
+                                                              f"float32 needs {4 * size}")
             arr = np.frombuffer(raw, dtype="<f4").reshape(shape)
         else:
             try:
@@ -139,18 +152,35 @@ class ForecastRequest(_Body):
     seed: int = Field(0, ge=0, le=2**62, description="member k draws its noise from (seed, k)")
     spread_scale: float | None = Field(None, gt=0, le=10)
     eta: float | None = Field(None, ge=0, le=1, description="DDIM stochasticity")
-    variables: list[str] | None = Field(None, min_length=1, description="target variables (default: all)")
+    variables: list[str] | None = Field(None, min_length=1, max_length=64,
+                                        description="target variables (default: all)")
     thresholds: list[float] | None = Field(None, min_length=1, max_length=32)
     quantiles: list[float] | None = Field(None, min_length=1, max_length=32)
     bbox: BBox | None = None
     output: Literal["summary", "netcdf"] = Field("summary", description="summary JSON or a NetCDF-4 file")
 
+    @field_validator("init_time")
+    @classmethod
+    def _naive_utc(cls, t: datetime | None) -> datetime | None:
+        # the store's time axis is UTC without a zone; a time with a zone is converted
+        return t if t is None or t.tzinfo is None else t.astimezone(timezone.utc).replace(tzinfo=None)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _unit_interval(cls, qs: list[float] | None) -> list[float] | None:
+        if qs is not None and any(not 0 <= q <= 1 for q in qs):
+            raise ValueError(f"quantiles {qs} must lie in [0, 1]")
+        return qs
+
+    @field_validator("variables")
+    @classmethod
+    def _distinct(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError(f"variables {names} name a variable twice")
+        return names
+
     @model_validator(mode="after")
     def _one_source(self) -> ForecastRequest:
         if (self.init_time is None) == (self.conditioning is None):
             raise ValueError("give exactly one of init_time and conditioning")
-        if self.quantiles is not None and any(not 0 <= q <= 1 for q in self.quantiles):
-            raise ValueError(f"quantiles {self.quantiles} must lie in [0, 1]")
-        if self.thresholds is not None and not all(np.isfinite(self.thresholds)):
-            raise ValueError("thresholds must be finite numbers")
         return self

@@ -201,11 +201,16 @@ def test_serve_config_matches_its_project_config():
     assert sampler["ray_actor_options"]["num_gpus"] == cfg.serve.gpus_per_replica
     assert sampler["max_ongoing_requests"] == cfg.serve.max_ongoing_requests
     assert sampler["max_queued_requests"] == cfg.serve.max_queued_requests
-    # the ingress must never be the bottleneck: it admits at least what all sampler replicas can hold
-    assert ingress["max_ongoing_requests"] >= sampler["num_replicas"] * sampler["max_ongoing_requests"]
+    # the ingress must never be the bottleneck: it admits at least what all sampler replicas can hold, and has Serve
+    # slots above that to answer the rest 503 itself (def_ray.serve.app.ingress_limits)
+    from def_ray.serve.app import ingress_limits, proxy_timeout_s
+
+    _, slots, queue = ingress_limits(cfg.serve)
+    assert ingress["max_ongoing_requests"] >= slots and ingress["max_queued_requests"] <= queue
     assert ingress["ray_actor_options"].get("num_gpus", 0) == 0
     assert raw["http_options"]["port"] == cfg.serve.port
-    assert raw["http_options"]["request_timeout_s"] == cfg.serve.request_timeout_s
+    # the proxy's limit above the app's: clients get the app's JSON 504, not the proxy's 408
+    assert raw["http_options"]["request_timeout_s"] == proxy_timeout_s(cfg.serve) > cfg.serve.request_timeout_s
     assert app["args"]["model"] == _export_path(cfg), "serve the checkpoint that training exports"
 
 

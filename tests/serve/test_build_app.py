@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from def_ray.serve.app import _key_hash, build_app
+from def_ray.serve.app import _key_hash, build_app, ingress_limits, proxy_timeout_s
 
 
 def _deployments(app):
@@ -23,8 +23,14 @@ def test_build_app_sizes_deployments_from_the_config(tmp_path, monkeypatch):
     assert sampler.name == "EnsembleSampler" and ingress.name == "ForecastIngress"
     assert sampler.num_replicas == 3 and sampler.ray_actor_options["num_gpus"] == 1
     assert sampler.max_ongoing_requests == 2 and sampler.max_queued_requests == 5
-    # the ingress admits what the three sampler replicas hold
-    assert ingress.max_ongoing_requests == 6 and ingress.max_queued_requests == 15
+    # the app admits what the three sampler replicas hold (3 x (2 + 5)) and answers the rest 503 itself, from Serve
+    # slots above that: no request waits in Serve's queue, where its time would not count against the timeout
+    from def_ray.config import load_config
+
+    sv = load_config(path).serve
+    assert ingress_limits(sv) == (21, 42, 42)
+    assert ingress.max_ongoing_requests == 42 and ingress.max_queued_requests == 42
+    assert proxy_timeout_s(sv) > sv.request_timeout_s
     # the key travels only as its hash, never in clear
     assert ingress.init_args[-1] == _key_hash("k1") and "k1" not in repr(ingress.init_args)
     assert ingress.init_args[2] == "s3://b/model.pt"
