@@ -1,4 +1,8 @@
-"""`def-ray` command line: one sub-command per stage of the pipeline (each --help explains itself)."""
+"""`def-ray` command line: one sub-command per stage of the pipeline (each --help explains itself).
+
+Exit status: 0 done, 2 bad input (one line naming the argument, key or file; checked before Ray starts where it
+can be), 1 failed (one line naming the error; DEF_RAY_DEBUG=1 shows the traceback), 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-from def_ray.config import Config, ConfigError, load_config, parse_overrides
+from def_ray.config import CommandParser, Config, ConfigError, load_config, parse_overrides, run_command
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -96,12 +100,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from def_ray.train.trainer import train
+    from def_ray.train.entry import run_training
 
-    cfg = config_from_args(args)
-    result = train(cfg, config_path=args.config)
-    print(result)
-    return 0
+    return run_training(config_from_args(args), args.config)
 
 
 def _forecast_main(argv: Sequence[str]) -> int:
@@ -129,7 +130,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="def-ray", description=__doc__)
+    parser = CommandParser(prog="def-ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="end to end on embedded synthetic data (local Ray, local files, local MLflow)")
@@ -182,20 +183,40 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse_time(text: str):
     from datetime import datetime
 
-    return datetime.fromisoformat(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 2024-06-01T18:00") from None
+
+
+# exceptions that mean bad input (exit 2) besides ConfigError, as "module:name"; only those of modules already
+# imported can have been raised, so classifying an error imports nothing
+BAD_INPUT = ("def_ray.forecast.forecaster:ForecastError", "def_ray.data.windows:WindowError",
+             "def_ray.models.checkpoint:CheckpointError", "def_ray.data.lexicon:UnknownVariableError",
+             "def_ray.data.ingest:IngestError", "def_ray.serve.schema:RequestProblem", "builtins:FileExistsError")
+
+
+def bad_input_types() -> tuple[type[BaseException], ...]:
+    """The classes named by BAD_INPUT whose modules are loaded."""
+    found = []
+    for spec in BAD_INPUT:
+        module, name = spec.split(":")
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `def-ray` command; returns its exit status (see the module doc)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         return DELEGATED[argv[0]](argv[1:])
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except ConfigError as err:
-        print(f"def-ray: {err}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # a usage error (one line already printed) or --help
+        return int(stop.code or 0)
+    return run_command("def-ray", lambda: args.func(args), bad_input_types)
 
 
 if __name__ == "__main__":
