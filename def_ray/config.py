@@ -146,8 +146,8 @@ class DataConfig(_Section):
     crop: int | None = Field(None, ge=8, description="random square training crop; None = full frames")
     static_fields: list[Literal["latitude", "longitude"]] = Field(default_factory=list)
     crops_per_window: int = Field(1, ge=1, description="training crops cut from each window per epoch")
-    val_crop: bool = Field(False, description="validate on crops cut like the training crops (the same ones every "
-                           "epoch) instead of full frames")
+    val_crop: bool = Field(False, description="validate on crops cut like the training crops (crops_per_window of "
+                           "each window, the same ones every epoch) instead of full frames")
     augment: bool = Field(False, description="training windows turned by one of the 8 rotations/flips at random "
                           "(motion and wind vectors turned with them)")
     crop_sampling: Literal["uniform", "rain"] = Field(
@@ -204,6 +204,8 @@ class ModelConfig(_Section):
     eps_output: Literal["preconditioned", "direct"] = Field(
         "preconditioned", description="diffusion network output: eps = sqrt(1-ab) x_t - sqrt(ab) F ('preconditioned',"
         " stable sampling from the cosine schedule's last step) or eps = F ('direct'); see ddpm_convection.py")
+    cond_dropout: float = Field(0.0, ge=0, lt=1, description="diffusion training drops the whole conditioning of a "
+                                "sample with this probability (DEF: 0.1), so that sampler.guidance can scale it")
     residual: Literal["none", "extrapolation"] = Field(
         "none", description="'extrapolation': the conditioning also holds the targets' newest frame advected one step "
         "along its Lucas-Kanade motion, and the motion; the network learns the residual over that first guess "
@@ -236,6 +238,9 @@ class SamplerConfig(_Section):
     member_batch_size: int = Field(10, ge=1)
     spread_scale: float = Field(1.0, gt=0, description="scales the sampling noise; 1 = faithful")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM stochasticity (0 = deterministic); ignored by ddpm/dpmpp")
+    guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale w: eps = eps(no cond) + w (eps(cond) - "
+                            "eps(no cond)); 1 = the conditional model, 0 = unconditional, > 1 sharper and narrower "
+                            "(needs a model trained with model.cond_dropout > 0)")
 
 
 class TrainConfig(_Section):

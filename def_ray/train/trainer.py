@@ -184,6 +184,7 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
                                       repeats=cfg.data.crops_per_window),
                   "val": wd.dataset("val", crop=cfg.data.crop if cfg.data.val_crop else None, seed=tc.seed + 1,
                                     sampling=cfg.data.crop_sampling if cfg.data.val_crop else "uniform",
+                                    repeats=cfg.data.crops_per_window if cfg.data.val_crop else 1,
                                     same_every_pass=True)},
     )
     try:

@@ -17,6 +17,11 @@ damps the network's error by sqrt(ab_t) where ab_t -> 0 (F is then, up to sign, 
 still noise prediction with the plain loss MSE(eps_hat, eps), and the samplers consume eps_hat unchanged. "direct"
 (eps_hat = F) is the textbook form, kept for comparison.
 
+Condition dropout and guidance (DEF, Millard et al. 2025): with ``model_cfg.cond_dropout`` = p, training zeroes
+the whole conditioning of a sample with probability p, so the network also learns the unconditional noise
+prediction; sampling with guidance scale w uses eps_u + w (eps_c - eps_u) (samplers.sample_ensemble), which sets the
+size of the perturbations.
+
 Loss weighting (``model_cfg.loss_weighting``). With the preconditioned output, eps_hat - eps = -sqrt(ab_t) (F - F*)
 and the denoised estimate is x0_hat = sqrt(ab_t) x_t + sqrt(1 - ab_t) F, so at high noise F *is* the x0 estimate
 that places and sizes the cells, yet the plain loss ("eps") weights its error by ab_t -> 0 there. "v" divides the
@@ -44,6 +49,7 @@ class ConvectionDDPM(nn.Module):
         self.timesteps = model_cfg.timesteps
         self.eps_output = model_cfg.eps_output
         self.loss_weighting = model_cfg.loss_weighting
+        self.cond_dropout = float(getattr(model_cfg, "cond_dropout", 0.0))
         self.net = unet_from_config(model_cfg, target_channels + cond_channels, target_channels, time_embedding=True)
         alphas_cumprod = training_scheduler(self.timesteps).alphas_cumprod.float()
         self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)  # rebuilt from T, not saved
@@ -67,6 +73,9 @@ class ConvectionDDPM(nn.Module):
         b = target.shape[0]
         t = torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_device).to(device)
         eps = torch.randn(target.shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+        if self.training and self.cond_dropout > 0:  # DEF: learn the unconditional model too (guidance)
+            keep = torch.rand(b, generator=generator, device=gen_device).to(device) >= self.cond_dropout
+            cond = cond * keep[:, None, None, None].to(cond.dtype)
         ab = self.alphas_cumprod.to(device)[t][:, None, None, None]
         x_t = ab.sqrt() * target.float() + (1 - ab).sqrt() * eps
         err = (self(x_t, t, cond).float() - eps) ** 2
@@ -77,7 +86,7 @@ class ConvectionDDPM(nn.Module):
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, members: int, sampler: str = "dpmpp", steps: int | None = None,
                seed: int = 0, member_batch_size: int = 10, spread_scale: float = 1.0, member_offset: int = 0,
-               eta: float = 0.0) -> torch.Tensor:
+               eta: float = 0.0, guidance: float = 1.0) -> torch.Tensor:
         """An ensemble (members, C_t, H, W); see ``samplers.sample_ensemble`` for seeds, steps and spread_scale.
 
         ``cond``: (C_cond, H, W) or (1, C_cond, H, W) for all members, or (members, C_cond, H, W), one per member.
@@ -85,11 +94,15 @@ class ConvectionDDPM(nn.Module):
         """
         c = cond[None] if cond.ndim == 3 else cond
         check_batch(c, None, self.cond_channels, self.target_channels)
+        if guidance != 1.0 and self.cond_dropout == 0:
+            raise ValueError(f"guidance={guidance} needs a model trained with model.cond_dropout > 0 (it has no "
+                             "unconditional model to guide against)")
         was_training = self.training
         self.eval()
         try:
             return sample_ensemble(self, self.timesteps, c.to(device_of(self)), members, self.target_channels,
                                    sampler=sampler, steps=steps, seed=seed, member_batch_size=member_batch_size,
-                                   spread_scale=spread_scale, member_offset=member_offset, eta=eta)
+                                   spread_scale=spread_scale, member_offset=member_offset, eta=eta,
+                                   guidance=guidance)
         finally:
             self.train(was_training)

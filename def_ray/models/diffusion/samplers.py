@@ -65,7 +65,7 @@ def resolve_steps(sampler: str, steps: int | None, timesteps: int) -> int:
 def sampler_kwargs(sampler_cfg: Any) -> dict[str, Any]:
     """Keyword arguments for ``ConvectionDDPM.sample`` / ``rollout`` from a ``SamplerConfig``."""
     return dict(sampler=sampler_cfg.name, steps=sampler_cfg.steps, member_batch_size=sampler_cfg.member_batch_size,
-                spread_scale=sampler_cfg.spread_scale, eta=sampler_cfg.eta)
+                spread_scale=sampler_cfg.spread_scale, eta=sampler_cfg.eta, guidance=sampler_cfg.guidance)
 
 
 def _noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -75,12 +75,15 @@ def _noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.de
 @torch.no_grad()
 def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, members: int, target_channels: int, *,
                     sampler: str = "dpmpp", steps: int | None = None, seed: int = 0, member_batch_size: int = 10,
-                    spread_scale: float = 1.0, member_offset: int = 0, eta: float = 0.0) -> torch.Tensor:
+                    spread_scale: float = 1.0, member_offset: int = 0, eta: float = 0.0,
+                    guidance: float = 1.0) -> torch.Tensor:
     """Draw ``members`` samples of the target given ``cond``; returns (members, C_t, H, W) float32.
 
     ``cond`` is (C_cond, H, W) or (1, C_cond, H, W) shared by all members, or (members, C_cond, H, W) with one
     condition per member (autoregressive rollout). Members go through the network ``member_batch_size`` at a time.
     ``eta`` is DDIM's stochasticity (0 = deterministic DDIM; ignored by "ddpm", which is eta = 1, and "dpmpp").
+    ``guidance`` w != 1 evaluates the denoiser also without conditioning (zeros) in the same pass and uses
+    eps_u + w (eps_c - eps_u); w = 1 is the plain conditional denoiser (no extra pass).
     """
     if cond.ndim == 3:
         cond = cond[None]
@@ -92,7 +95,11 @@ def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, memb
         raise ValueError(f"spread_scale must be > 0, got {spread_scale}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if not guidance >= 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
     steps = resolve_steps(sampler, steps, timesteps)
+    if guidance != 1.0:
+        denoiser = _guided(denoiser, guidance)
     cond = cond.float()
     device = cond.device
     shape = (target_channels, cond.shape[-2], cond.shape[-1])
@@ -104,6 +111,17 @@ def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, memb
             c = cond[start:stop] if cond.shape[0] == members > 1 else cond.expand(stop - start, -1, -1, -1)
             out[start:stop] = _sample_batch(denoiser, timesteps, c, gens, shape, sampler, steps, spread_scale, eta)
     return out
+
+
+def _guided(denoiser: Denoiser, w: float) -> Denoiser:
+    """Classifier-free guidance: the conditional and the unconditional (zero conditioning) prediction in one pass."""
+
+    def guided(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        both = denoiser(torch.cat([x, x]), t, torch.cat([c, torch.zeros_like(c)])).float()
+        eps_c, eps_u = both.chunk(2)
+        return eps_u + w * (eps_c - eps_u)
+
+    return guided
 
 
 def _sample_batch(denoiser: Denoiser, timesteps: int, c: torch.Tensor, gens: list[torch.Generator],

@@ -82,3 +82,37 @@ def test_loss_weighting_known_value_at_zero_network(weighting):
 def test_v_weighting_needs_the_preconditioned_output():
     with pytest.raises(ValueError, match="loss_weighting 'v' needs eps_output 'preconditioned'"):
         tiny_cfg(eps_output="direct", loss_weighting="v")
+
+
+def test_condition_dropout_trains_the_unconditional_model_on_dropped_samples():
+    cond, target = blob_windows(4, size=12)
+    torch.manual_seed(0)
+    plain = build_model(tiny_cfg(), 8, 1).train()
+    torch.manual_seed(0)
+    dropping = build_model(tiny_cfg(cond_dropout=0.999), 8, 1).train()  # same weights, conditioning ~always dropped
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    # t and eps are drawn before the drop, so a dropped batch scores exactly the unconditional loss
+    torch.testing.assert_close(dropping.training_loss(cond, target, gen()),
+                               plain.training_loss(torch.zeros_like(cond), target, gen()), rtol=0, atol=0)
+    assert not torch.equal(plain.training_loss(cond, target, gen()), plain.training_loss(0 * cond, target, gen()))
+    # evaluation (validation losses) never drops
+    dropping.eval()
+    torch.testing.assert_close(dropping.training_loss(cond, target, gen()), plain.eval().training_loss(
+        cond, target, gen()), rtol=0, atol=0)
+
+
+def test_guidance_scale_zero_is_unconditional_one_is_conditional_and_between_is_linear():
+    torch.manual_seed(1)
+    model = build_model(tiny_cfg(cond_dropout=0.1), 8, 1).eval()
+    cond, _ = blob_windows(1, size=12)
+    kw = dict(sampler="ddim", steps=1, seed=3, member_batch_size=2)
+    one = model.sample(cond[0], 2, guidance=1.0, **kw)
+    assert torch.equal(one, model.sample(cond[0], 2, **kw))  # w = 1: the plain conditional sampler
+    zero = model.sample(cond[0], 2, guidance=0.0, **kw)
+    torch.testing.assert_close(zero, model.sample(torch.zeros_like(cond[0]), 2, **kw), rtol=0, atol=1e-6)
+    # one deterministic DDIM step is affine in eps: the w = 2 sample extrapolates the w = 0 -> w = 1 change
+    two = model.sample(cond[0], 2, guidance=2.0, **kw)
+    torch.testing.assert_close(two, one + (one - zero), rtol=0, atol=1e-4)
+    assert not torch.allclose(one, zero)
+    with pytest.raises(ValueError, match="cond_dropout"):
+        build_model(tiny_cfg(), 8, 1).sample(cond[0], 2, guidance=1.5, **kw)
