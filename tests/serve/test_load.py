@@ -67,7 +67,7 @@ def _members_for(url: str, seconds: float) -> int:
 
 def test_overload_answers_200_503_or_504_from_the_app_within_the_limit(app):
     _post(app, 2)  # warm
-    members = _members_for(app, 0.6 * TIMEOUT_S)
+    members = _members_for(app, 0.5 * TIMEOUT_S)
     stop = time.monotonic() + LOAD_S
     answers: list[tuple[int, float, dict | None, str]] = []
     lock = threading.Lock()
