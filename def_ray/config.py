@@ -200,6 +200,8 @@ class ModelConfig(_Section):
     groups: int = Field(8, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     timesteps: int = Field(200, ge=2, description="diffusion steps T of the cosine schedule")
+    patch: int = Field(1, ge=1, description="space-to-depth factor: the UNet works on patch x patch blocks of the "
+                       "grid (pixel unshuffle in, pixel shuffle out), which divides its cost by patch^2")
     attention_heads: int = Field(4, ge=1, description="heads of the self-attention at attention_levels")
     eps_output: Literal["preconditioned", "direct"] = Field(
         "preconditioned", description="diffusion network output: eps = sqrt(1-ab) x_t - sqrt(ab) F ('preconditioned',"
@@ -377,7 +379,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
         if self.data.crop is not None:
-            factor = 2 ** (len(self.model.channel_mults) - 1)
+            factor = 2 ** (len(self.model.channel_mults) - 1) * self.model.patch
             if self.data.crop % factor:
                 raise ValueError(f"data.crop={self.data.crop} must be a multiple of {factor} (model downsampling)")
         steps = self.forecast.sampler.steps

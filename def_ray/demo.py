@@ -37,12 +37,16 @@ def demo_config(out_dir: Path, config_path: str | Path | None = None, quick: boo
     return load_config(config_path or DEMO_CONFIG, {**out_paths, **(overrides or {})})
 
 
-def train_both(cfg: Config):
-    """Train the deterministic UNet (run `<run_name>-deterministic`) and the config's diffusion model."""
+def train_both(cfg: Config, deterministic_epochs: int | None = None):
+    """Train the deterministic UNet (run `<run_name>-deterministic`, `deterministic_epochs` or train.epochs) and the
+    config's diffusion model."""
     from def_ray.train.trainer import train
 
     det_cfg = cfg.model_copy(deep=True)
     det_cfg.model.kind = "deterministic"
+    det_cfg.model.cond_dropout = 0.0
+    if deterministic_epochs is not None:
+        det_cfg.train.epochs = deterministic_epochs
     det_cfg.train.run_name = f"{cfg.train.run_name}-deterministic"
     det_cfg.train.export = "best"  # its validation score is exact (no sampling noise): the baseline at its best
     det = train(det_cfg)

@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--deterministic-epochs", type=int, help="epochs of the deterministic UNet baseline "
+                        "(default: train.epochs)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, parse_overrides(args.override))
@@ -45,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     series = read_mrms_series(files, box=tuple(cfg.mrms.box), factor=cfg.mrms.factor,
                               min_coverage=cfg.mrms.min_coverage)
     print(format_report(ingest_dataset(series[cfg.data.variables], cfg.data.store, tile=cfg.data.tile)))
-    det, diff = train_both(cfg)
+    det, diff = train_both(cfg, deterministic_epochs=args.deterministic_epochs)
     result = verify(cfg, {"diffusion": diff.checkpoint_path, "deterministic": det.checkpoint_path},
                     mlflow_run_id=diff.mlflow_run_id, plotter=verification_plots)
     print(result.paths["markdown"].read_text())

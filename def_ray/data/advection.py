@@ -65,11 +65,35 @@ def optical_flow(past: np.ndarray, scale: Scale = "dbz", threshold: float = 10.0
     return np.nan_to_num(np.asarray(flow, dtype=np.float32))
 
 
-def estimate_motion(past: np.ndarray, variable: str) -> np.ndarray:
-    """The first guess's motion from the past frames (n, y, x) of `variable` in physical units, oldest first."""
-    if lookup(variable).precipitation:
-        return optical_flow(past, "rainrate", 0.1)
-    return optical_flow(past, "dbz", 10.0)
+def estimate_motion(past: np.ndarray, variable: str, stride: int = 8) -> np.ndarray:
+    """The first guess's motion (2, y, x) from the past frames (n, y, x) of `variable` in physical units, oldest
+    first: pysteps' Lucas-Kanade vectors, declustered as pysteps does, interpolated (inverse distance, as pysteps)
+    on every `stride`-th point only and bilinearly in between.  The motion field is smooth, and the interpolation
+    onto every point was 2/3 of the cost of a training window."""
+    import warnings
+
+    from pysteps import motion
+    from pysteps.utils.cleansing import decluster
+    from pysteps.utils.interpolate import idwinterp2d
+    from scipy.ndimage import map_coordinates
+
+    scale, threshold = ("rainrate", 0.1) if lookup(variable).precipitation else ("dbz", 10.0)
+    field, _, _ = to_log_scale(past, scale, threshold)
+    h, w = field.shape[-2:]
+    with quiet_pysteps(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Singular matrix during outlier detection")
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        xy, uv = motion.get_method("LK")(field, dense=False)
+        if xy.shape[0]:
+            xy, uv = decluster(xy, uv, 20, 1)
+    if xy.shape[0] == 0:
+        return np.zeros((2, h, w), np.float32)
+    ys, xs = (np.unique(np.r_[np.arange(0, n, stride), n - 1]) for n in (h, w))
+    coarse = idwinterp2d(xy, uv, xs, ys)  # (2, len(ys), len(xs))
+    rows = np.interp(np.arange(h), ys, np.arange(ys.size))
+    cols = np.interp(np.arange(w), xs, np.arange(xs.size))
+    grid = np.meshgrid(rows, cols, indexing="ij")
+    return np.stack([map_coordinates(c, grid, order=1) for c in coarse]).astype(np.float32)
 
 
 def advect(field, motion, steps: int = 1):

@@ -82,6 +82,20 @@ class WindowReader:
         self.spec = spec
         self.store = ZarrStore(spec.url, spec.storage_options)
         self._offsets = frame_offsets(spec.n_past, spec.dt_steps)
+        self._held: tuple[int, int, dict[str, np.ndarray]] | None = None
+
+    def hold(self, starts: Sequence[int]) -> None:
+        """Read the whole grid of the time range of `starts` once and cut every later read from it (many crops
+        of few windows: one read instead of one per crop)."""
+        need = window_times(np.asarray(starts, dtype=np.int64), self.spec.n_past, self.spec.dt_steps)
+        lo, hi = int(need.min()), int(need.max()) + 1
+        self._held = (lo, hi, {v: self.store.read(v, slice(lo, hi)) for v in self.spec.variables})
+
+    def _read(self, v: str, t: slice, y: slice, x: slice) -> np.ndarray:
+        if self._held is not None and self._held[0] <= t.start and t.stop <= self._held[1]:
+            lo = self._held[0]
+            return self._held[2][v][t.start - lo:t.stop - lo, y, x]
+        return self.store.read(v, t, y, x)
 
     def read_block(self, starts: Sequence[int], region: tuple[int, int, int, int] | None = None,
                    crop: int | None = None, crops: Sequence[tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
@@ -94,7 +108,7 @@ class WindowReader:
         ry, rx, rh, rw = region if region is not None else (0, 0, *s.shape)
         if crop is not None and (crops is None or len(crops) != len(starts)):
             raise ValueError("a cropped read needs one (y0, x0) per window")
-        raw = [self.store.read(v, slice(lo, hi), slice(ry, ry + rh), slice(rx, rx + rw)) for v in s.variables]
+        raw = [self._read(v, slice(lo, hi), slice(ry, ry + rh), slice(rx, rx + rw)) for v in s.variables]
         frames = [s.normaliser.normalise_variable(r, v) for r, v in zip(raw, s.variables)]
         layout = s.layout
         conds, targets = [], []
@@ -243,6 +257,7 @@ def _read_task_fn(spec: WindowSpec, starts: np.ndarray, crop: int | None, region
         reader = WindowReader(spec)
         rng = np.random.default_rng(seed)
         if plan is not None:  # each window its own rain-classed crop, with context for the first guess's motion
+            reader.hold(starts)
             crops = [plan.draw(st, rng) for st in starts]
             batch = reader.read(starts, crops, plan.crop, context=plan.crop // 2 if spec.first_guess else 0)
         else:

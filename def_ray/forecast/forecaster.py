@@ -247,7 +247,7 @@ class Forecaster:
         if frames.ndim != 4 or frames.shape[:2] != want:
             raise ForecastError(f"conditioning shape {tuple(frames.shape)} must be (n_past={want[0]}, "
                                 f"n_vars={want[1]} [{', '.join(self.variables)}], y, x)", field="conditioning")
-        factor = 2 ** (len(self.config.model.channel_mults) - 1)
+        factor = 2 ** (len(self.config.model.channel_mults) - 1) * self.config.model.patch
         if frames.shape[2] % factor or frames.shape[3] % factor:
             raise ForecastError(f"conditioning grid {frames.shape[2:]} must be a multiple of {factor} in y and x "
                                 "(the network's downsampling)", field="conditioning")

@@ -123,8 +123,10 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, base_dims: int = 64,
                  channel_mults: tuple[int, ...] | list[int] = (1, 2, 4), num_res_blocks: int = 2,
                  attention_levels: tuple[int, ...] | list[int] = (2,), groups: int = 8, dropout: float = 0.0,
-                 attention_heads: int = 4, time_embedding: bool = True):
+                 attention_heads: int = 4, time_embedding: bool = True, patch: int = 1):
         super().__init__()
+        if patch < 1:
+            raise ValueError(f"UNet patch must be >= 1, got {patch}")
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"UNet needs >= 1 input and output channel, got {in_channels} -> {out_channels}")
         bad = [lvl for lvl in attention_levels if not 0 <= lvl < len(channel_mults)]
@@ -132,6 +134,7 @@ class UNet(nn.Module):
             raise ValueError(f"attention_levels {bad} outside 0..{len(channel_mults) - 1}")
         self.levels = len(channel_mults)
         self.base_dims = base_dims
+        self.patch = patch  # space-to-depth: the network works on patch x patch blocks (cost / patch^2)
         temb_dim = 4 * base_dims if time_embedding else None
         self.time_mlp = (nn.Sequential(nn.Linear(base_dims, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
                          if time_embedding else None)
@@ -139,7 +142,7 @@ class UNet(nn.Module):
         def attn(ch: int, lvl: int) -> nn.Module:
             return SelfAttention(ch, attention_heads, groups) if lvl in attention_levels else nn.Identity()
 
-        self.inp = nn.Conv2d(in_channels, base_dims, 3, padding=1)
+        self.inp = nn.Conv2d(in_channels * patch * patch, base_dims, 3, padding=1)
         skips, ch = [base_dims], base_dims
         self.down = nn.ModuleList()
         for lvl, mult in enumerate(channel_mults):
@@ -164,7 +167,8 @@ class UNet(nn.Module):
             if lvl > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                              nn.Conv2d(ch, ch, 3, padding=1)))
-        self.out = nn.Sequential(_norm(ch, groups), _SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(ch, groups), _SiLU(),
+                                 nn.Conv2d(ch, out_channels * patch * patch, 3, padding=1))
 
     def _embed(self, t: torch.Tensor | int | None, batch: int, device: torch.device) -> torch.Tensor | None:
         if self.time_mlp is None:
@@ -180,12 +184,14 @@ class UNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"UNet input must be (B, C, H, W), got {tuple(x.shape)}")
         h_in, w_in = x.shape[-2:]
-        factor = 2 ** (self.levels - 1)
+        factor = 2 ** (self.levels - 1) * self.patch
         pad_h, pad_w = -h_in % factor, -w_in % factor
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h_in and pad_w < w_in else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         temb = self._embed(t, x.shape[0], x.device)
+        if self.patch > 1:
+            x = F.pixel_unshuffle(x, self.patch)
         h = self.inp(x)
         hs = [h]
         for block in self.down:
@@ -200,7 +206,10 @@ class UNet(nn.Module):
                 h = block[1](block[0](torch.cat([h, hs.pop()], dim=1), temb))
             else:
                 h = block(h)
-        return self.out(h)[..., :h_in, :w_in]
+        out = self.out(h)
+        if self.patch > 1:
+            out = F.pixel_shuffle(out, self.patch)
+        return out[..., :h_in, :w_in]
 
 
 def unet_from_config(model_cfg, in_channels: int, out_channels: int, time_embedding: bool) -> UNet:
@@ -208,4 +217,4 @@ def unet_from_config(model_cfg, in_channels: int, out_channels: int, time_embedd
     return UNet(in_channels, out_channels, base_dims=model_cfg.base_dims, channel_mults=model_cfg.channel_mults,
                 num_res_blocks=model_cfg.num_res_blocks, attention_levels=model_cfg.attention_levels,
                 groups=model_cfg.groups, dropout=model_cfg.dropout, attention_heads=model_cfg.attention_heads,
-                time_embedding=time_embedding)
+                time_embedding=time_embedding, patch=model_cfg.patch)

@@ -68,3 +68,18 @@ def test_runs_under_bf16_autocast_close_to_fp32():
     assert torch.isfinite(low).all()
     # bf16 keeps 8 mantissa bits (relative error ~4e-3 per op); a dozen layers stay well inside 0.1
     torch.testing.assert_close(low.float(), ref, atol=0.1, rtol=0.1)
+
+
+def test_patch_works_on_blocks_and_keeps_the_grid():
+    from def_ray.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(3, 2, base_dims=8, channel_mults=[1, 2], num_res_blocks=1, attention_levels=[], groups=4, patch=2)
+    x = torch.randn(2, 3, 21, 30)  # not a multiple of patch x 2: padded and cut back
+    out = net(x, torch.tensor(3))
+    assert out.shape == (2, 2, 21, 30) and torch.isfinite(out).all()
+    assert net.inp.in_channels == 12 and net.out[-1].out_channels == 8  # 2 x 2 blocks in, 2 x 2 blocks out
+    # a change in one 2 x 2 block's input reaches that block's outputs (space-to-depth is lossless)
+    x2 = x.clone()
+    x2[:, :, 10, 10] += 1.0
+    assert not torch.equal(net(x2, torch.tensor(3))[:, :, 10, 10], out[:, :, 10, 10])
