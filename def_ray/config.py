@@ -274,6 +274,14 @@ class TrainConfig(_Section):
                                                       "<storage_path>/<run>/best.pt")
     seed: int = 0
     # validation of the diffusion model: a small ensemble from a fast sampler on the EMA weights
+    choose_sampler: bool = Field(False, description="after training, choose forecast.sampler's spread_scale and "
+                                 "guidance on validation windows (def_ray.train.sampler_choice) and store them in the "
+                                 "checkpoint as its sampler defaults")
+    spread_scales: list[float] = Field(default_factory=lambda: [1.0], description="candidates of choose_sampler")
+    guidance_scales: list[float] = Field(default_factory=lambda: [1.0], description="candidates of choose_sampler "
+                                         "(used when model.cond_dropout > 0)")
+    choice_windows: int = Field(16, ge=1, description="validation windows (crops) choose_sampler scores each "
+                                "candidate on, with val_members members")
     val_sampler: Literal["ddim", "dpmpp"] = "dpmpp"
     val_steps: int = Field(4, ge=1, description="sampler steps of the validation ensemble")
     log_every_steps: int = Field(10, ge=1, description="optimiser steps between logged training-loss points")

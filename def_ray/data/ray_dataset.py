@@ -343,6 +343,25 @@ class WindowData:
     def n_windows(self, split: str) -> int:
         return int(self.splits[split].size)
 
+    def windows(self, split: str, n: int, *, crop: int | None = None, sampling: str = "uniform",
+                seed: int = 0) -> dict[str, np.ndarray]:
+        """`n` windows of `split` read in this process (the split's windows in turn; crops cut as the datasets cut
+        them, reproducibly from `seed`)."""
+        starts = self.splits[split]
+        if starts.size == 0:
+            raise WindowError(f"split {split!r} has no windows")
+        starts = np.resize(starts, n)
+        reader = WindowReader(self.spec)
+        if crop is None:
+            return reader.read(starts)
+        rng = np.random.default_rng(seed)
+        if sampling == "rain":
+            plan = plan_rain_crops(self.spec, starts, crop)
+            crops = [plan.draw(int(st), rng) for st in starts]
+        else:
+            crops = reader.random_crops(rng, len(starts), crop)
+        return reader.read(starts, crops, crop, context=crop // 2 if self.spec.first_guess else 0)
+
     def dataset(self, split: str, *, crop: int | None = None, shuffle: bool = False, seed: int = 0,
                 limit: int | None = None, block_bytes: int = 64 * 2**20, sampling: str = "uniform",
                 augment: bool = False, repeats: int = 1, same_every_pass: bool = False) -> ray.data.Dataset:

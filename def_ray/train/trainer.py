@@ -116,6 +116,30 @@ def _write_text(url: str, text: str, opts: dict[str, Any]) -> None:
     fs.pipe_file(path, text.encode())
 
 
+def _with_chosen_sampler(cfg: Config, wd: Any, state: Any, description: Any, tracker: Any) -> Any:
+    """The description with the sampler chosen on the validation windows (def_ray.train.sampler_choice)."""
+    from dataclasses import replace
+
+    from def_ray.models import build_model
+    from def_ray.train.sampler_choice import choose_sampler
+
+    model = build_model(cfg.model, wd.spec.cond_channels, wd.spec.target_channels)
+    model.load_state_dict(state.ema if state.ema is not None else state.model)
+    d = cfg.data
+    windows = wd.windows("val", cfg.train.choice_windows, crop=d.crop if d.val_crop else None,
+                         sampling=d.crop_sampling if d.val_crop else "uniform", seed=cfg.train.seed + 1)
+    options, table = choose_sampler(cfg, model, windows)
+    picked = next(c for c in table if (c.spread_scale, c.guidance) == (options.spread_scale, options.guidance))
+    rule = (f"validation split, {windows['cond'].shape[0]} windows x {cfg.train.val_members} members: spread/skill "
+            "closest to 1 among the candidates within 2% of the best CRPS")
+    print(f"[def-ray] sampler chosen on validation: spread_scale {options.spread_scale:g}, guidance "
+          f"{options.guidance:g} (CRPS {picked.crps:.4f}, spread/skill {picked.spread_skill:.3f}; "
+          f"{len(table)} candidates)", flush=True)
+    tracker.set_tag("sampler_choice", f"spread_scale={options.spread_scale:g} guidance={options.guidance:g}")
+    return replace(description, sampler={**options.model_dump(mode="json"), "chosen_by": rule,
+                                         "candidates": [c.row() for c in table]})
+
+
 def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
     """Train `cfg.model` on the windows of `cfg.data` with Ray Train; returns where the results are."""
     import ray.train
@@ -205,10 +229,13 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
 
         with chosen.as_directory() as d:
             state = load_state(d)
+        description = ModelDescription.of_training(cfg, wd, tracker.run_id)
+        if tc.choose_sampler and diffusion:
+            description = _with_chosen_sampler(cfg, wd, state, description, tracker)
         export = export_model(state, wd.spec.cond_channels, wd.spec.target_channels,
                               tc.export_path or f"{url}/best.pt",
                               storage_opts if _is_remote(tc.export_path or url) else None,
-                              description=ModelDescription.of_training(cfg, wd, tracker.run_id))
+                              description=description)
         tracker.set_tag("exported_checkpoint", export)
         tracker.set_tag("exported_epoch", str(state.epoch))
         tracker.set_tag("export", tc.export)
