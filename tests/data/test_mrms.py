@@ -233,7 +233,7 @@ def test_crop_and_coarsen_rules_on_a_small_array():
         crop_and_coarsen(da, (37, 40), (-100, -97), 0)
 
 
-@pytest.mark.parametrize("name", ["mrms_qpe", "mrms_preciprate"])
+@pytest.mark.parametrize("name", ["mrms_qpe", "mrms_preciprate", "mrms_qpe_conus"])
 def test_recipe_splits_hold_a_window_each(shared_data, name):
     # the recipe's frames, split as its config says, give train, val and test at least one window each
     from def_ray.config import load_config
