@@ -30,7 +30,7 @@ def _cycle(graph: grimp.ImportGraph) -> list[str] | None:
     def visit(m: str) -> list[str] | None:
         state[m] = 1
         path.append(m)
-        for n in sorted(graph.find_modules_directly_imported_by(m) - {m}):  # serve.app imports itself on purpose
+        for n in sorted(graph.find_modules_directly_imported_by(m) - {m}):
             if state.get(n) == 1:
                 return path[path.index(n):] + [n]
             if n not in state and (found := visit(n)):

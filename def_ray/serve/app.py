@@ -33,39 +33,30 @@ Deploy: `def-ray serve --config CFG --model CKPT` (run_serve), or `serve run/dep
 # no `from __future__ import annotations` here: FastAPI must see the real ForecastRequest annotation through the
 # signature Serve rewrites for the ingress methods
 import asyncio
-import hashlib
-import hmac
-import json
 import os
-import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from def_ray.config import (Config, ConfigError, SamplerConfig, ServeConfig, config_from_dict, error_message,
+from def_ray.config import (Config, ConfigError, ServeConfig, config_from_dict, error_message,
                             load_config, one_line, root_cause)
 from def_ray.data.normalise import Normaliser
 from def_ray.forecast.forecaster import ForecastError, Forecaster
-from def_ray.forecast.members import MemberSampler, member_ranges
+from def_ray.forecast.members import member_ranges
+from def_ray.serve.answer import cropped_projection, summary
+from def_ray.serve.http import RECEIVED, SafeJSONResponse, api, error, key_hash, problem
+from def_ray.serve.sampler import EnsembleSampler, SamplingCancelled
 from def_ray.serve.schema import ForecastRequest, RequestProblem, index_box
 
 __all__ = ["EnsembleSampler", "ForecastIngress", "forecast_app", "build_app", "run_serve", "SamplingCancelled",
            "ingress_limits", "proxy_timeout_s", "check_serve_inputs"]
 
-PUBLIC_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
-RECEIVED = "def_ray.received"
-"""ASGI scope key: time.monotonic() when the ingress received the request (the request timeout counts from it)."""
 PROXY_MARGIN_S = 10.0
 """How far the HTTP proxy's own request timeout stays above serve.request_timeout_s."""
 
@@ -88,200 +79,6 @@ def proxy_timeout_s(sv: ServeConfig) -> float:
     return float(sv.request_timeout_s) + PROXY_MARGIN_S
 
 
-# -- the sampler deployment -----------------------------------------------------------------------------------------
-
-
-class SamplingCancelled(RuntimeError):
-    """Raised inside a sampling thread whose request was cancelled."""
-
-
-_call = threading.local()
-
-
-def _cancel_hook(module: Any, args: Any) -> None:
-    flag = getattr(_call, "cancel", None)
-    if flag is not None and flag.is_set():
-        raise SamplingCancelled("the request was cancelled")
-
-
-def _run_cancellable(flag: threading.Event, fn: Any) -> Any:
-    _call.cancel = flag
-    try:
-        return fn()
-    finally:
-        _call.cancel = None
-
-
-@serve.deployment(name="EnsembleSampler", health_check_period_s=10, health_check_timeout_s=60,
-                  graceful_shutdown_timeout_s=20)
-class EnsembleSampler(MemberSampler):
-    """The batch job's MemberSampler as a Serve replica: sampling off the event loop, cancellable, health-checked."""
-
-    def __init__(self, model_uri: str, storage_options: Mapping[str, Any] | None = None, threads: int = 1):
-        super().__init__(model_uri, storage_options, threads)
-        self.forecaster.model.register_forward_pre_hook(_cancel_hook)
-        # one sampling call at a time: the CPU kernel switches that make members independent of their batch
-        # (def_ray.models.unet.batch_invariant) are process-wide, so a second concurrent call could switch them
-        # back under the first one; admitted requests wait here (parallelism comes from replicas)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample")
-        self.check_health()
-
-    async def sample(self, cond: np.ndarray, members: int, lead_steps: int, options: SamplerConfig, seed: int,
-                     member_offset: int, normaliser: Normaliser) -> np.ndarray:
-        flag = threading.Event()
-        job = partial(MemberSampler.sample, self, cond, members, lead_steps, options, seed, member_offset,
-                      normaliser)
-        future = asyncio.get_running_loop().run_in_executor(self._pool, _run_cancellable, flag, job)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            flag.set()  # the sampling thread stops at its next network evaluation
-            raise
-
-    def check_health(self) -> None:
-        """A tiny forward pass of the network (raises if it fails or returns non-finite values)."""
-        import torch
-
-        m = self.forecaster.model
-        side = 2 ** len(self.forecaster.config.model.channel_mults)
-        device = next(m.parameters()).device
-        with torch.no_grad():
-            x = torch.zeros(1, m.target_channels, side, side, device=device)
-            c = torch.zeros(1, m.cond_channels, side, side, device=device)
-            eps = m.predict(c) if m.kind == "deterministic" else m(x, torch.tensor(0, device=device), c)
-        if not torch.isfinite(eps).all():
-            raise RuntimeError("the network returns non-finite values")
-
-
-# -- the HTTP ingress -----------------------------------------------------------------------------------------------
-
-api = FastAPI(title="def_ray ensemble forecasts",
-              description="Probabilistic convection forecasts from a conditional diffusion model: ensembles sampled "
-                          "across Ray Serve replicas, returned as probabilities and quantiles or as a NetCDF file.",
-              version="1")
-
-
-# set by the ingress replica (one per process); Serve runs a copy of `api`, so app.state would not reach it
-_GUARD: dict[str, Any] = {}
-
-
-def _key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-class _Guard:
-    """ASGI middleware: the API key (checked before the body is read), then Starlette's body size limit (413)."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        scope[RECEIVED] = time.monotonic()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        expected = _GUARD.get("api_key_hash")
-        if expected and not scope["path"].rstrip("/").endswith(PUBLIC_PATHS):
-            given = headers.get("x-api-key") or ""
-            auth = headers.get("authorization", "")
-            if not given and auth.lower().startswith("bearer "):
-                given = auth[7:].strip()
-            if not given or not hmac.compare_digest(_key_hash(given), expected):
-                return await _send_json(send, 401, {"detail": "missing or wrong API key (header X-API-Key or "
-                                                              "Authorization: Bearer)", "field": "X-API-Key"},
-                                        {"www-authenticate": "Bearer"})
-        if not str(scope.get("path", "")).rstrip("/").endswith(PUBLIC_PATHS):
-            length = headers.get("content-length", "0")
-            limit = _GUARD.get("max_body_bytes")
-            if limit is not None and length.isdigit() and int(length) > int(limit):
-                return await _send_json(send, 413, {"detail": f"body of {length} bytes is larger than "
-                                                              f"serve.max_body_bytes={limit}", "field": "body"})
-        limit = _GUARD.get("max_body_bytes")
-        if limit is None:
-            return await self.app(scope, receive, send)
-        await RequestBodyLimitMiddleware(self.app, int(limit))(scope, receive, send)
-
-
-async def _send_json(send: Any, status: int, body: dict, headers: Mapping[str, str] | None = None) -> None:
-    data = _json_bytes(body)
-    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": data})
-
-
-api.add_middleware(_Guard)
-
-
-def _plain(value: Any) -> Any:
-    """`value` made encodable as strict JSON: non-finite floats become strings, unknown objects their str()."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else str(value)
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return str(value)
-
-
-def _json_bytes(content: Any) -> bytes:
-    """Strict JSON (no NaN/Infinity), ASCII-escaped so that any text a request sent (lone surrogates included)
-    can be named back."""
-    return json.dumps(_plain(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-class SafeJSONResponse(JSONResponse):
-    """A JSON answer that cannot fail to encode (see _json_bytes)."""
-
-    def render(self, content: Any) -> bytes:
-        return _json_bytes(content)
-
-
-def _error(status: int, detail: str, field: str = "", headers: Mapping[str, str] | None = None,
-           **extra: Any) -> SafeJSONResponse:
-    return SafeJSONResponse(status_code=status, content={"detail": detail, "field": field, **extra},
-                            headers=dict(headers or {}))
-
-
-def _loc(error: Mapping[str, Any]) -> str:
-    """The dotted field of a pydantic error ("body" for the body as a whole or a JSON syntax error)."""
-    if error.get("type") == "json_invalid":
-        return "body"
-    return ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    if error.get("type") == "json_invalid":
-        loc = [p for p in error.get("loc", ()) if p != "body"]
-        where = f" at character {loc[0]}" if loc else ""
-        msg = f"not valid JSON{where}: {(error.get('ctx') or {}).get('error', msg)}"
-    return one_line(msg)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming every field at fault; the raw input is never echoed (it may hold NaN, which JSON cannot carry)."""
-    errors = exc.errors()
-    problems = [f"{_loc(e)}: {_describe(e)}" for e in errors]
-    return _error(422, "; ".join(problems) or "invalid request", _loc(errors[0]) if errors else "body",
-                  errors=[{"field": _loc(e), "type": e.get("type", ""), "msg": _describe(e)} for e in errors])
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's own refusals (a body it cannot parse, a body too large, an unknown path) in the same JSON form."""
-    field = "body" if exc.status_code in (400, 413, 415) else ""
-    detail = exc.detail if exc.status_code != 400 else f"{exc.detail} (send UTF-8 JSON)"
-    return _error(exc.status_code, one_line(detail), field, headers=getattr(exc, "headers", None))
-
-
-def _problem(p: RequestProblem) -> JSONResponse:
-    return _error(p.status, p.message, p.field)
-
-
 class _Late(Exception):
     """The request's time (serve.request_timeout_s from its receipt) ran out."""
 
@@ -299,52 +96,6 @@ async def _by(deadline: float, awaitable: Any) -> Any:
         return await asyncio.wait_for(awaitable, timeout=left)
     except asyncio.TimeoutError:
         raise _Late from None
-
-
-def _cropped_projection(projection: Mapping[str, Any], y0: int, x0: int, ny: int, nx: int) -> dict:
-    from def_ray.data.grid import LambertGrid
-
-    names = LambertGrid.__dataclass_fields__.keys()
-    if not all(k in projection for k in names):
-        return {}
-    return LambertGrid(**{k: projection[k] for k in names}).crop(y0, x0, ny, nx).attrs()
-
-
-def _json_array(a: np.ndarray) -> list:
-    """Nested lists of floats; non-finite values (a diverging sample) become null, as JSON has no inf or NaN."""
-    a = np.asarray(a)
-    if np.isfinite(a).all():
-        return a.astype(float).tolist()
-    out = a.astype(object)
-    out[~np.isfinite(a)] = None
-    return out.tolist()
-
-
-def _summary(ds: Any, plan: Mapping[str, Any], body: ForecastRequest, box: tuple[int, int, int, int]) -> dict:
-    """The JSON answer: per variable probability (threshold, lead, y, x), mean, spread, quantiles."""
-    out: dict[str, Any] = {
-        "init_time": ds.attrs["init_time"] if body.init_time is not None else None,
-        "lead_hours": (ds["lead_time"].values / np.timedelta64(1, "h")).tolist(),
-        "valid_time": [str(t) for t in ds["time"].values.astype("datetime64[s]")] if body.init_time else None,
-        "members": plan["members"], "seed": body.seed, "sampler": plan["options"].name,
-        "steps": int(ds.attrs["steps"]), "thresholds": list(plan["thresholds"]), "quantiles": list(plan["quantiles"]),
-        "bbox": dict(zip(("y0", "y1", "x0", "x1"), box)), "shape": [int(ds.sizes["lead_time"]),
-                                                                   int(ds.sizes["y"]), int(ds.sizes["x"])],
-        "checkpoint": ds.attrs["checkpoint"], "variables": {},
-    }
-    if "latitude" in ds.coords:
-        out["latitude"] = ds["latitude"].values.astype(float).tolist()
-        out["longitude"] = ds["longitude"].values.astype(float).tolist()
-    for v in plan["variables"]:
-        out["variables"][v] = {
-            "units": ds[v].attrs.get("units", ""),
-            "non_finite_values": int((~np.isfinite(ds[v].values)).sum()),
-            "probability": _json_array(ds[f"{v}_probability"].values),
-            "mean": _json_array(ds[f"{v}_mean"].values),
-            "spread": _json_array(ds[f"{v}_spread"].values),
-            "quantiles": _json_array(ds[f"{v}_quantile"].values),
-        }
-    return out
 
 
 @serve.deployment(name="ForecastIngress")
@@ -367,10 +118,10 @@ class ForecastIngress:
         self.step_s = self.forecaster.step_seconds(self.store)
         self.latlon = self.store.latlon() if self.store is not None else None
         self.admitted, self.active = ingress_limits(self.cfg.serve)[0], 0
-        # Serve ships this class by value (globals copied); the middleware reads the real module's _GUARD
-        import def_ray.serve.app as this_module
+        # Serve ships this class by value (globals copied); the middleware reads the real module's GUARD
+        import def_ray.serve.http as http_module
 
-        this_module._GUARD.update(api_key_hash=api_key_hash, max_body_bytes=self.cfg.serve.max_body_bytes)
+        http_module.GUARD.update(api_key_hash=api_key_hash, max_body_bytes=self.cfg.serve.max_body_bytes)
 
     # -- endpoints -----------------------------------------------------------------------------------------------
     @api.get("/healthz")
@@ -391,14 +142,14 @@ class ForecastIngress:
         try:
             return await self._answer(body, deadline)
         except _Late:
-            return _error(504, f"not done within serve.request_timeout_s={self.cfg.serve.request_timeout_s:g} s "
+            return error(504, f"not done within serve.request_timeout_s={self.cfg.serve.request_timeout_s:g} s "
                                "(counted from when the app received it, waiting for a sampler included); its "
                                "sampling was cancelled", timeout_s=self.cfg.serve.request_timeout_s)
         finally:
             self.active -= 1
 
     def _overloaded(self, why: str) -> JSONResponse:
-        return _error(503, f"overloaded, try again later: {why}", headers={"Retry-After": "1"})
+        return error(503, f"overloaded, try again later: {why}", headers={"Retry-After": "1"})
 
     async def _answer(self, body: ForecastRequest, deadline: float) -> Any:
         """Plan, condition, sample, respond: each step bounded by what is left of the request's time."""
@@ -409,9 +160,9 @@ class ForecastIngress:
             plan["box"] = index_box(body.bbox, tuple(cond.shape[-2:]), *self._latlon_for(cond.shape[-2:]))
             ens = await self._sample(cond, plan, body.seed, deadline)
         except RequestProblem as p:
-            return _problem(p)
+            return problem(p)
         except ForecastError as err:  # also raised in a sampler replica: the message of its cause
-            return _problem(RequestProblem(getattr(root_cause(err), "field", "") or "body", error_message(err)))
+            return problem(RequestProblem(getattr(root_cause(err), "field", "") or "body", error_message(err)))
         except BackPressureError as err:
             return self._overloaded(f"the samplers' queues are full ({one_line(err)})")
         return await _by(deadline, asyncio.to_thread(self._respond, body, plan, ens, cond.shape[-2:]))
@@ -499,14 +250,14 @@ class ForecastIngress:
         attrs.update(bbox=[y0, y1, x0, x1], inline_conditioning=int(body.conditioning is not None))
         projection = self.store.projection if self.store is not None and lat is not None else {}
         if projection and (y0, y1, x0, x1) != (0, grid[0], 0, grid[1]):
-            projection = _cropped_projection(projection, y0, x0, y1 - y0, x1 - x0)
+            projection = cropped_projection(projection, y0, x0, y1 - y0, x1 - x0)
         ds = build_forecast_dataset(ens, targets=plan["variables"], init_time=init, step_seconds=self.step_s,
                                     latitude=lat, longitude=lon, projection=projection,
                                     thresholds=plan["thresholds"], quantiles=plan["quantiles"], attrs=attrs)
         if body.output == "netcdf":
             return Response(content=netcdf_bytes(ds), media_type="application/x-netcdf",
                             headers={"Content-Disposition": 'attachment; filename="forecast.nc"'})
-        return SafeJSONResponse(content=_summary(ds, plan, body, (y0, y1, x0, x1)))
+        return SafeJSONResponse(content=summary(ds, plan, body, (y0, y1, x0, x1)))
 
 
 # -- building and running the app -----------------------------------------------------------------------------------
@@ -531,7 +282,7 @@ def forecast_app(cfg: Config, model_uri: str, api_key: str | None = None) -> ser
                                       ray_actor_options={"num_cpus": sv.ingress_cpus})
     # the keys the config sets, not every default: the checkpoint's sampler defaults apply where it is silent
     config = cfg.model_dump(mode="json", exclude_unset=True)
-    return ingress.bind(sampler, config, model_uri, opts, _key_hash(key) if key else None)
+    return ingress.bind(sampler, config, model_uri, opts, key_hash(key) if key else None)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from def_ray.serve.app import _key_hash, build_app, ingress_limits, proxy_timeout_s
+from def_ray.serve.app import build_app, ingress_limits, proxy_timeout_s
+from def_ray.serve.http import key_hash
 
 
 def _deployments(app):
@@ -32,7 +33,7 @@ def test_build_app_sizes_deployments_from_the_config(tmp_path, monkeypatch):
     assert ingress.max_ongoing_requests == 42 and ingress.max_queued_requests == 42
     assert proxy_timeout_s(sv) > sv.request_timeout_s
     # the key travels only as its hash, never in clear
-    assert ingress.init_args[-1] == _key_hash("k1") and "k1" not in repr(ingress.init_args)
+    assert ingress.init_args[-1] == key_hash("k1") and "k1" not in repr(ingress.init_args)
     assert ingress.init_args[2] == "s3://b/model.pt"
 
 
