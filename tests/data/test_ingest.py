@@ -148,7 +148,7 @@ def test_a_path_that_is_not_a_store_is_refused_unless_overwrite(scenes, tmp_path
     assert str(err.value) == refusal
     with pytest.raises(IngestError, match="exists and is not a def_ray store"):
         ingest_dataset(scenes, str(folder), tile=16, progress=False)
-    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"] and (folder / "notes.txt").read_bytes() == b"keep me"
 
     report = ingest(paths[:4], str(folder), VARS, tile=16, parallel=False, progress=False, overwrite=True)
     assert report.ok and len(report.written) == 2 and not (folder / "notes.txt").exists()
