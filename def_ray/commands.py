@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from def_ray.config import CommandParser, Config, ConfigError, load_config, parse_overrides, run_command
-from def_ray.forecast.forecaster import ForecastError, Forecaster
+from def_ray.forecast.forecaster import ForecastError, load_for_config
 
 __all__ = ["forecast_parser", "forecast_main", "check_forecast_inputs", "verify_parser", "verify_main",
            "check_verify_inputs", "parse_time", "BAD_INPUT"]
@@ -73,21 +73,6 @@ def _seed(text: str) -> int:
     if not 0 <= value <= 2**62:
         raise argparse.ArgumentTypeError(f"{value} must lie in 0..2**62")
     return value
-
-
-def _load_light(uri: str, cfg: Config, what: str = "--model") -> Forecaster:
-    """The checkpoint's description (no network): missing, unreadable or contradicting the config -> ForecastError."""
-    from def_ray.data.ray_dataset import resolve_storage_options
-
-    local = uri.removeprefix("file://")
-    if "://" not in local and Path(local).is_dir():
-        raise ForecastError(f"{what} {uri} is a folder; expected a checkpoint file (.pt)", field="model")
-    try:
-        fc = Forecaster.load(uri, resolve_storage_options(uri, cfg.train.storage.to_fsspec()), light=True)
-    except OSError as err:
-        raise ForecastError(f"{what} {uri} cannot be read: {err.strerror or err}", field="model") from None
-    fc.check_config(cfg.data)
-    return fc
 
 
 def _store(cfg: Config) -> Any:
@@ -151,7 +136,7 @@ def check_forecast_inputs(cfg: Config, model: str, *, members: int | None = None
     except ValueError as err:
         raise ForecastError(f"--out: {err}", field="out") from None
     _check_new_output(target, overwrite)
-    fc = _load_light(model, cfg)
+    fc = load_for_config(model, cfg)
     if fc.kind == "deterministic" and n != 1:
         raise ForecastError(f"{source} {n}: checkpoint {model} holds the deterministic model, which makes one "
                             "member (use --members 1)", field="members")
@@ -249,7 +234,7 @@ def check_verify_inputs(cfg: Config, models: dict[str, str], out: str | None = N
     from def_ray.forecast.writer import check_output_not_input
 
     for name, path in models.items():
-        _load_light(path, cfg, what=f"--model {name}=")
+        load_for_config(path, cfg, what=f"--model {name}=")
     _store(cfg)
     report = out or cfg.verify.out
     try:

@@ -30,7 +30,7 @@ from def_ray.models.description import ModelDescription
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) of a store's grid
 
-__all__ = ["Box", "ForecastError", "Forecaster", "resolve_checkpoint", "lead_steps_for", "check_init_time",
+__all__ = ["Box", "ForecastError", "Forecaster", "load_for_config", "resolve_checkpoint", "lead_steps_for", "check_init_time",
            "latest_init_time"]
 
 
@@ -57,6 +57,24 @@ def resolve_checkpoint(uri: str) -> str:
                                 "name the checkpoint file in the URI", field="model")
         local = found[0]
     return str(local)
+
+
+def load_for_config(uri: str, cfg: Config, what: str = "--model") -> Forecaster:
+    """The checkpoint's description (a light Forecaster, no network) checked against `cfg` before any work: a folder,
+    an unreadable file or a config that contradicts the checkpoint is a ForecastError naming `what`."""
+    import os
+
+    from def_ray.data.ray_dataset import resolve_storage_options
+
+    local = uri.removeprefix("file://")
+    if "://" not in local and os.path.isdir(local):
+        raise ForecastError(f"{what} {uri} is a folder; expected a checkpoint file (.pt)", field="model")
+    try:
+        fc = Forecaster.load(uri, resolve_storage_options(uri, cfg.train.storage.to_fsspec()), light=True)
+    except OSError as err:
+        raise ForecastError(f"{what} {uri} cannot be read: {err.strerror or err}", field="model") from None
+    fc.check_config(cfg.data)
+    return fc
 
 
 # -- init times and leads -------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from ray.serve.exceptions import BackPressureError
 from def_ray.config import (Config, ConfigError, ServeConfig, config_from_dict, error_message,
                             load_config, one_line, root_cause)
 from def_ray.data.normalise import Normaliser
-from def_ray.forecast.forecaster import ForecastError, Forecaster
+from def_ray.forecast.forecaster import ForecastError, Forecaster, load_for_config
 from def_ray.forecast.members import member_ranges
 from def_ray.serve.answer import cropped_projection, summary
 from def_ray.serve.http import RECEIVED, SafeJSONResponse, api, error, key_hash, problem
@@ -302,14 +302,7 @@ def check_serve_inputs(cfg: Config, model_uri: str) -> Forecaster:
     from def_ray.data.zarr_store import ZarrStore
     from def_ray.models.diffusion.samplers import resolve_steps
 
-    local = model_uri.removeprefix("file://")
-    if "://" not in local and os.path.isdir(local):
-        raise ForecastError(f"--model {model_uri} is a folder; expected a checkpoint file (.pt)", field="model")
-    try:
-        fc = Forecaster.load(model_uri, resolve_storage_options(model_uri, cfg.train.storage.to_fsspec()), light=True)
-    except OSError as err:
-        raise ForecastError(f"--model {model_uri} cannot be read: {err.strerror or err}", field="model") from None
-    fc.check_config(cfg.data)
+    fc = load_for_config(model_uri, cfg)
     sv, fc_cfg = cfg.serve, cfg.forecast
     if fc.kind == "deterministic" and fc_cfg.members != 1:
         raise ConfigError(f"forecast.members={fc_cfg.members} (a request's default) but checkpoint {model_uri} holds "
