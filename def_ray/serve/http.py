@@ -49,7 +49,7 @@ class Guard:
             return await self.app(scope, receive, send)
         scope[RECEIVED] = time.monotonic()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        expected = GUARD.get("apikey_hash")
+        expected = GUARD.get("api_key_hash")
         if expected and not scope["path"].rstrip("/").endswith(PUBLIC_PATHS):
             given = headers.get("x-api-key") or ""
             auth = headers.get("authorization", "")
