@@ -97,6 +97,8 @@ def _all_gather(obj: Any) -> list[Any]:
 class _FailHook:
     """TEST HOOK train.fail_at_step: fail once (a marker file in the run folder records that it happened)."""
 
+    REGISTER_WAIT_S = 5.0
+
     def __init__(self, cfg: Config, rank: int, run_url: str | None, storage_options: dict[str, Any]):
         self.step = cfg.train.fail_at_step if rank == cfg.train.fail_rank else None
         self.mode, self.run_url, self.opts = cfg.train.fail_mode, run_url, storage_options
@@ -113,6 +115,10 @@ class _FailHook:
         fs.makedirs(root, exist_ok=True)
         fs.pipe_file(marker, b"1")
         print(f"[def-ray] TEST HOOK: failing at optimiser step {global_step} ({self.mode})", flush=True)
+        # Ray Train registers a reported checkpoint when its controller next polls the workers; a worker that dies
+        # within that interval of a report loses it (seen in CI: the run restarted from scratch). Wait past it, so
+        # the test checks resuming from the last checkpoint, not the race.
+        time.sleep(self.REGISTER_WAIT_S)
         if self.mode == "exit":
             os._exit(1)
         raise RuntimeError(f"train.fail_at_step={global_step}: injected failure")
