@@ -32,8 +32,15 @@ def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="override a config key, e.g. -o train.epochs=3 (repeatable)")
 
 
+_VERBOSE_HELP = ("show Ray's own console output too: Ray Data progress bars, Ray Train's report and checkpoint "
+                 "lines, the workers' epoch lines (default: one line per epoch; DEF_RAY_VERBOSE=1 does the same)")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from def_ray.demo import run_demo
+    from def_ray.train.trainer import set_verbose
+
+    set_verbose(args.verbose)
 
     run_demo(out_dir=Path(args.out), config_path=args.config, quick=args.quick,
              overrides=parse_overrides(args.override))
@@ -101,6 +108,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from def_ray.train.entry import run_training
+    from def_ray.train.trainer import set_verbose
+
+    set_verbose(args.verbose)
 
     return run_training(config_from_args(args), args.config)
 
@@ -139,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer hours and epochs (a smoke run)")
     p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied last, e.g. -o train.epochs=60 (repeatable)")
+    p.add_argument("--verbose", "-v", action="store_true", help=_VERBOSE_HELP)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("synth", help="write seeded synthetic HRRR-like GRIB2 scenes (config section synth)")
@@ -168,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the model of the config on Ray Train (TorchTrainer)")
     _add_config(p, required=True)
+    p.add_argument("--verbose", "-v", action="store_true", help=_VERBOSE_HELP)
     p.set_defaults(func=_cmd_train)
 
     sub.add_parser("forecast", help="ensemble forecast batch job across Ray actors (def-ray forecast --help)")

@@ -80,11 +80,16 @@ def job_main(argv: Sequence[str] | None, kind: str) -> int:
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/diffusion_4090.yaml")
     parser.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. -o train.epochs=3 (repeatable; values parsed as YAML)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show Ray's own console output too: Ray Data progress bars, Ray Train's report and "
+                             "checkpoint lines (default: one line per epoch; DEF_RAY_VERBOSE=1 does the same)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:
         return int(stop.code or 0)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if args.verbose:
+        os.environ["DEF_RAY_VERBOSE"] = "1"  # def_ray.train.trainer.set_verbose, without importing Ray here
 
     def work() -> int:
         cfg = load_config(args.config, parse_overrides(args.override))
