@@ -37,17 +37,47 @@ def _values(ens: np.ndarray | xr.DataArray) -> np.ndarray:
     return np.asarray(ens)
 
 
+_CELL_METHODS = {"mean": "realization: mean", "spread": "realization: standard_deviation"}
+
+
+def _attrs(ens: xr.DataArray, name: str) -> tuple[dict, dict]:
+    """(attributes of the product, attributes of its new coordinate), CF style, from the ensemble's attributes."""
+    units, long_name = ens.attrs.get("units"), ens.attrs.get("long_name", ens.name or "the variable")
+    keep = {k: v for k, v in ens.attrs.items() if k in ("units", "standard_name", "long_name", "grid_mapping")}
+    if name == "probability":
+        attrs = {"units": "1", "long_name": f"probability that {long_name} >= threshold"
+                                            + (f" ({units})" if units else "")}
+        if "grid_mapping" in keep:
+            attrs["grid_mapping"] = keep["grid_mapping"]
+        coord = {"long_name": f"exceedance threshold of {ens.name or 'the variable'}",
+                 "spp__relative_to_threshold": "greater_than_or_equal_to"}
+        if units:
+            coord["units"] = units
+        if "standard_name" in keep:
+            coord["standard_name"] = keep["standard_name"]
+        return attrs, coord
+    if name == "quantile":
+        return {**keep, "long_name": f"ensemble quantiles of {long_name}"}, {
+            "units": "1", "long_name": "ensemble quantile (probability level)"}
+    what = {"mean": "ensemble mean", "spread": "ensemble standard deviation (ddof=1)"}[name]
+    return {**keep, "long_name": f"{what} of {long_name}", "cell_methods": _CELL_METHODS[name]}, {}
+
+
 def _wrap(ens: A, values: np.ndarray, dim: str | None, labels: Sequence[float] | None, name: str) -> A:
-    """Put `values` (new leading axis `dim` if given, member axis removed) back into ens's type."""
+    """Put `values` (new leading axis `dim` if given, member axis removed) back into ens's type; a DataArray result
+    carries CF attributes (units, standard_name, long_name, cell_methods; probabilities in units "1" and a threshold
+    coordinate in the variable's units)."""
     if not isinstance(ens, xr.DataArray):
         return values
     rest = ens.transpose("member", ...)
     dims = tuple(d for d in rest.dims if d != "member")
     coords = {k: c for k, c in rest.coords.items() if "member" not in c.dims}
+    attrs, coord_attrs = _attrs(ens, name)
     if dim is not None:
         dims = (dim, *dims)
-        coords[dim] = np.asarray(labels, dtype=np.float64)
-    return xr.DataArray(values, dims=dims, coords=coords, name=f"{ens.name}_{name}" if ens.name else name)
+        coords[dim] = xr.Variable(dim, np.asarray(labels, dtype=np.float64), coord_attrs)
+    return xr.DataArray(values, dims=dims, coords=coords, name=f"{ens.name}_{name}" if ens.name else name,
+                        attrs=attrs)
 
 
 def exceedance_probability(ens: A, thresholds: Sequence[float]) -> A:

@@ -9,6 +9,12 @@ What a writer promises (the "nothing lost" rule of the design):
   `zarr.json` metadata last (the root's very last), so an interrupted copy does not open as a forecast; remote
   NetCDF is one object (one PUT), created with If-None-Match on s3:// when not overwriting.
 - `check_output_not_input` refuses an output that is, lies inside or contains an input store.
+
+What is written is standard (`cf_conventions`, applied by `write_forecast` and `netcdf_bytes`): each variable with
+its CF `standard_name` where CF has one, the threshold coordinate with units and a long_name, probabilities in
+units "1" with a long_name naming the variable and its threshold units.  Zarr is written v3 without consolidated
+metadata (not part of the v3 spec); tools of the Panoply class open the NetCDF form (`.nc`; `def-ray demo` writes
+both).
 """
 
 from __future__ import annotations
@@ -27,7 +33,31 @@ from urllib.parse import urlsplit
 
 import xarray as xr
 
-__all__ = ["write_forecast", "open_forecast", "netcdf_bytes", "output_format", "check_output_not_input"]
+__all__ = ["write_forecast", "open_forecast", "netcdf_bytes", "output_format", "check_output_not_input",
+           "cf_conventions", "CF_STANDARD_NAMES"]
+
+CF_STANDARD_NAMES: dict[str, str] = {
+    # reflectivity: CF's name for radar reflectivity in dBZ; composite = the column's maximum (said in long_name)
+    "refc": "equivalent_reflectivity_factor",
+    "refc_mrms": "equivalent_reflectivity_factor",
+    # a 1-hour QPE in mm is a liquid-water-equivalent depth (CF's precipitation_amount is a mass, kg m-2)
+    "qpe_01h": "lwe_thickness_of_precipitation_amount",
+    "apcp": "precipitation_amount",  # kg m-2
+    "prate": "precipitation_flux",  # kg m-2 s-1
+    "preciprate": "lwe_precipitation_rate",  # mm h-1
+    "t2m": "air_temperature",
+    "d2m": "dew_point_temperature",
+    "tsfc": "surface_temperature",
+    "u10": "eastward_wind",
+    "v10": "northward_wind",
+    "gust": "wind_speed_of_gust",
+    "cape": "atmosphere_convective_available_potential_energy",
+    "cin": "atmosphere_convective_inhibition",
+    "hpbl": "atmosphere_boundary_layer_thickness",
+}
+"""CF standard names (CF standard name table) of the lexicon's variables that have one."""
+
+_PRODUCTS = ("_mean", "_spread", "_quantile")  # same quantity as the variable (cell_methods say which statistic)
 
 # the HDF5 library under netCDF4 is not thread-safe: one NetCDF write at a time per process (the Serve ingress
 # answers several requests from threads)
@@ -57,8 +87,61 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     return enc
 
 
+def _targets(ds: xr.Dataset) -> list[str]:
+    targets = ds.attrs.get("targets")
+    if isinstance(targets, str):
+        targets = [targets]
+    if targets is None:
+        targets = [n for n, v in ds.data_vars.items() if "member" in v.dims]
+    return [str(t) for t in targets if t in ds.data_vars]
+
+
+def cf_conventions(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` (a forecast of def_ray.forecast.ensemble) with the CF attributes a CF reader looks for; attributes
+    already there are kept.  A shallow copy: the arrays are shared, the attributes are new."""
+    from def_ray.data.lexicon import LEXICON
+
+    out = ds.copy(deep=False)
+    for name in list(out.variables):
+        out[name].attrs = dict(ds[name].attrs)
+    threshold_units, threshold_names = set(), set()
+    for name in _targets(out):
+        meta = LEXICON.get(name)
+        units = out[name].attrs.get("units", meta.units if meta is not None else "")
+        long_name = out[name].attrs.get("long_name", meta.long_name if meta is not None else name)
+        standard_name = CF_STANDARD_NAMES.get(name)
+        for var in [name] + [name + suffix for suffix in _PRODUCTS]:
+            if var in out.data_vars and standard_name:
+                out[var].attrs.setdefault("standard_name", standard_name)
+        prob = f"{name}_probability"
+        if prob in out.data_vars:
+            attrs = out[prob].attrs
+            attrs["units"] = "1"
+            attrs["long_name"] = f"probability that {long_name} >= threshold" + (f" ({units})" if units else "")
+            attrs.pop("standard_name", None)  # CF has no standard name for an exceedance probability
+            if units:
+                attrs.setdefault("threshold_units", units)
+            threshold_units.add(units)
+            threshold_names.add(standard_name)
+    if "threshold" in out.coords:
+        attrs = out["threshold"].attrs
+        if len(threshold_units) == 1 and next(iter(threshold_units)):
+            attrs["units"] = next(iter(threshold_units))
+        if len(threshold_names) == 1 and next(iter(threshold_names)):  # the thresholded quantity (as IMPROVER does)
+            attrs.setdefault("standard_name", next(iter(threshold_names)))
+        names = ", ".join(_targets(out)) or "the variable"
+        attrs["long_name"] = f"exceedance threshold of {names}"
+        attrs["spp__relative_to_threshold"] = "greater_than_or_equal_to"  # P(x >= threshold)
+    if "quantile" in out.coords:
+        out["quantile"].attrs.setdefault("units", "1")
+        out["quantile"].attrs.setdefault("long_name", "ensemble quantile (probability level)")
+    out.attrs.setdefault("Conventions", "CF-1.10")
+    return out
+
+
 def netcdf_bytes(ds: xr.Dataset) -> bytes:
-    """The Dataset as the bytes of a NetCDF-4 file."""
+    """The Dataset (with `cf_conventions`) as the bytes of a NetCDF-4 file."""
+    ds = cf_conventions(ds)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "forecast.nc"
         with _NETCDF_LOCK:
@@ -72,13 +155,15 @@ def _exists_error(path: str) -> FileExistsError:
 
 def write_forecast(ds: xr.Dataset, path: str, storage_options: Mapping[str, Any] | None = None, *,
                    overwrite: bool = False) -> str:
-    """Write `ds` to `path` (.zarr -> Zarr v3, .nc -> NetCDF-4); returns the path written.
+    """Write `ds` with its CF attributes (`cf_conventions`) to `path` (.zarr -> Zarr v3, .nc -> NetCDF-4); returns
+    the path written.
 
     An existing path is refused (FileExistsError) unless overwrite=True; see the module doc for what a crash or a
     concurrent writer leaves.
     """
     path = str(path)
     fmt = output_format(path)
+    ds = cf_conventions(ds)
     if _is_remote(path):
         return _write_remote(ds, path, fmt, dict(storage_options or {}), overwrite)
     return _write_local(ds, Path(path.removeprefix("file://")).absolute(), fmt, overwrite)

@@ -10,8 +10,8 @@ import xarray as xr
 
 from def_ray.data.grid import HRRR_GRID
 from def_ray.forecast.ensemble import build_forecast_dataset
-from def_ray.forecast.writer import (check_output_not_input, netcdf_bytes, open_forecast, output_format,
-                                     write_forecast)
+from def_ray.forecast.writer import (cf_conventions, check_output_not_input, netcdf_bytes, open_forecast,
+                                     output_format, write_forecast)
 
 GRID = HRRR_GRID.crop(400, 900, 8, 10)
 
@@ -50,7 +50,8 @@ def test_round_trip_local_refuses_to_replace_unless_asked(tmp_path, name):
     ens, ds = _dataset()
     path = write_forecast(ds, str(tmp_path / "sub" / name))
     back = open_forecast(path).load()
-    xr.testing.assert_identical(back["refc_probability"], ds["refc_probability"])
+    # what is written is the Dataset with its CF attributes (cf_conventions), nothing else changed
+    xr.testing.assert_identical(back["refc_probability"], cf_conventions(ds)["refc_probability"])
     np.testing.assert_array_equal(back["refc"].values, ens[:, :, 0])
     assert back.attrs["checkpoint"] == "/x/model.pt"
     # a second write is refused with one line naming the path, and the first forecast is untouched
@@ -109,7 +110,7 @@ def test_racing_writers_of_one_new_path_one_wins(tmp_path, name):
     assert len(winners) == 1, outcomes
     assert all(isinstance(o, FileExistsError) for k, o in enumerate(outcomes) if k not in winners)
     back = open_forecast(path).load()
-    xr.testing.assert_identical(back["refc"], datasets[winners[0]]["refc"])  # one writer's forecast, whole
+    xr.testing.assert_identical(back["refc"], cf_conventions(datasets[winners[0]])["refc"])  # one writer's, whole
     assert os.listdir(tmp_path) == [name]
 
 
