@@ -19,6 +19,10 @@ def test_quick_demo_runs_every_stage_and_ends_with_the_report(ray_session, tmp_p
     fc = xr.open_zarr(summary["forecast"])
     assert fc.sizes["member"] == 6
     assert summary["maps"] and all(Path(m).stat().st_size > 1000 for m in summary["maps"])
+    # and the same forecast as CF NetCDF beside it
+    nc = xr.open_dataset(summary["forecast_netcdf"])
+    assert summary["forecast_netcdf"] == str(Path(summary["forecast"]).with_suffix(".nc"))
+    assert nc.sizes["member"] == 6 and nc["refc"].attrs["standard_name"] == "equivalent_reflectivity_factor"
 
     # the report scores both models and every baseline on the same cases, and checks the known probabilities
     report = out / "verification"

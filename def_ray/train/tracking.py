@@ -77,6 +77,10 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
+            if os.environ.get("DEF_RAY_VERBOSE", "").strip().lower() not in ("1", "true", "yes"):
+                # a new sqlite store announces "Creating initial MLflow database tables..." and its migrations
+                for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+                    logging.getLogger(name).setLevel(logging.WARNING)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
