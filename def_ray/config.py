@@ -243,6 +243,10 @@ class SamplerConfig(_Section):
     guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale w: eps = eps(no cond) + w (eps(cond) - "
                             "eps(no cond)); 1 = the conditional model, 0 = unconditional, > 1 sharper and narrower "
                             "(needs a model trained with model.cond_dropout > 0)")
+    probability_matching: bool = Field(
+        False, description="give every generated member frame the value distribution of the newest observed frame "
+        "(rank by rank over the forecast grid, at every lead; pysteps' 'cdf' probability matching, as STEPS does): "
+        "the network places the rain, the observation sets how much of each amount there is")
 
 
 class TrainConfig(_Section):

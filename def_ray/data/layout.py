@@ -117,6 +117,11 @@ class ChannelLayout:
                              f"({len(self.static)}) = {self.cond_channels}")
 
     # -- reading it back (torch, (m, C, H, W)) --------------------------------------------------------------------
+    def newest_targets(self, cond: Any) -> Any:
+        """The target channels of the newest past frame, (m, n_targets, H, W)."""
+        start = self.frame_channels - len(self.variables)
+        return cond[:, [start + k for k in self.target_idx]]
+
     def first_guess_of(self, cond: Any) -> Any:
         return cond[:, self.frame_channels:self.frame_channels + len(self.targets)]
 

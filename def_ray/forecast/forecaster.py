@@ -303,7 +303,7 @@ class Forecaster:
             raise ForecastError(f"members={members} must be >= 1", field="members")
         norm = normaliser or self.normaliser()
         device = next(self.model.parameters()).device
-        c = torch.from_numpy(np.ascontiguousarray(cond, dtype=np.float32))[None].to(device)
+        c = torch.from_numpy(np.array(cond, dtype=np.float32, order="C"))[None].to(device)  # a copy: Ray's are read-only
         if self.kind == "deterministic":
             if members != 1 or member_offset != 0:
                 raise ForecastError(f"checkpoint {self.path} holds the deterministic model: one member, not "

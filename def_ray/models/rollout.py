@@ -5,6 +5,11 @@ oldest frame of *its* conditioning (``ChannelLayout.advance``).  With a first gu
 over it, and the step is first guess + residual. Only the target variables are generated: every other channel of the new frame
 is carried forward from the newest known frame (persistence), and static fields stay unchanged. Lead step l uses
 the seed ``lead_seed(seed, l)`` (lead 0: ``seed`` itself), so a one-step rollout equals ``model.sample``.
+
+With ``probability_matching`` every generated frame (each member, target and lead on its own) takes the values of the
+newest observed frame rank by rank: the network decides where the rain is, the observation how much of each amount
+(the 'cdf' probability matching of pysteps' STEPS).  It is a per-member map, so members stay independent of how they
+are batched or split across actors.
 """
 
 from __future__ import annotations
@@ -17,9 +22,18 @@ from def_ray.data.layout import ChannelLayout
 from def_ray.models.diffusion.samplers import lead_seed
 
 
+def match_distribution(fields: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``fields`` (m, C, H, W) with the values of ``reference`` (C, H, W) channel by channel, in each field's rank
+    order (ties broken by position, so the map is deterministic)."""
+    m, c, h, w = fields.shape
+    order = torch.sort(fields.reshape(m, c, h * w), dim=-1, stable=True).indices
+    values = torch.sort(reference.reshape(1, c, h * w).to(fields), dim=-1).values.expand(m, -1, -1)
+    return torch.empty_like(order, dtype=fields.dtype).scatter_(-1, order, values).reshape(m, c, h, w)
+
+
 @torch.no_grad()
-def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayout, members: int = 1,
-            **sample_kwargs: Any) -> torch.Tensor:
+def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayout, members: int = 1, *,
+            probability_matching: bool = False, **sample_kwargs: Any) -> torch.Tensor:
     """(members, lead_steps, C_t, H, W) from cond (C_cond, H, W) or (1, C_cond, H, W) laid out as `layout` says.
 
     A deterministic model gives one member (members must be 1); it ignores ``sample_kwargs``, so callers can pass
@@ -42,11 +56,14 @@ def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayo
     else:
         seed = sample_kwargs.pop("seed", 0)
         step = lambda c, lead: model.sample(c, members, seed=lead_seed(seed, lead), **sample_kwargs)  # noqa: E731
+    observed = layout.newest_targets(cond)[0]
     out = []
     for lead in range(lead_steps):
         new = step(cond, lead).reshape(members, model.target_channels, *cond.shape[-2:])
         if layout.first_guess:  # the network gives the residual over the first guess
             new = new + layout.first_guess_of(cond).to(new.device, new.dtype)
+        if probability_matching:
+            new = match_distribution(new, observed)
         out.append(new)
         if lead + 1 < lead_steps:
             cond = layout.advance(cond.to(new.device).expand(members, -1, -1, -1), new)

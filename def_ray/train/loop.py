@@ -261,7 +261,7 @@ def train_loop_per_worker(lc: dict[str, Any]) -> None:
     for epoch in range(state.epoch + 1, tc.epochs):
         t0 = time.perf_counter()
         model.train()
-        micro, loss_acc, loss_log, n_log = 0, 0.0, 0.0, 0
+        micro, loss_acc, loss_log, n_log, loss_epoch = 0, 0.0, 0.0, 0, 0.0
         optimizer.zero_grad(set_to_none=True)
         for batch in _batches(train_shard, tc.batch_size, device, drop_last=True,
                               shuffle_seed=(tc.seed * 100003 + epoch) * world + rank):
@@ -285,6 +285,7 @@ def train_loop_per_worker(lc: dict[str, Any]) -> None:
                 ema.update_parameters(model)
             state.global_step += 1
             loss_log += loss_acc
+            loss_epoch += loss_acc
             n_log += 1
             loss_acc = 0.0
             if rank == 0 and state.global_step % tc.log_every_steps == 0:
@@ -299,6 +300,7 @@ def train_loop_per_worker(lc: dict[str, Any]) -> None:
         eval_model = ema.module if ema is not None else model
         val, sample = _validate(cfg, eval_model, val_shard, device, rank, world, epoch)
         metrics = {"epoch": epoch, "global_step": state.global_step, "epoch_time_s": train_time,
+                   "train_loss": loss_epoch / max(steps_per_epoch, 1),
                    "steps_per_s": steps_per_epoch / train_time if train_time > 0 else 0.0, **val}
         if ema is not None:
             metrics["ema_n_averaged"] = int(ema.n_averaged)
@@ -306,8 +308,6 @@ def train_loop_per_worker(lc: dict[str, Any]) -> None:
         state.epoch = epoch
         if rank == 0:
             tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, state.global_step)
-            print(f"[def-ray] epoch {epoch + 1}/{tc.epochs} step {state.global_step} "
-                  + " ".join(f"{k}={v:.4g}" for k, v in val.items()), flush=True)
             with tempfile.TemporaryDirectory() as d:
                 state.model = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 state.ema = None if ema is None else {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}

@@ -245,37 +245,22 @@ def _epoch_callback(queue: Any) -> Any:
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """The training loop (def_ray.train.loop) with the driver's console settings applied in the worker: its
-    iterators then draw no progress bars; the worker's own epoch print is left out unless verbose (the driver
-    prints the epoch line)."""
-    import builtins
-
+    iterators then draw no progress bars (the driver prints the epoch line)."""
     from def_ray.train.loop import train_loop_per_worker
 
     is_verbose = bool(loop_config.get("verbose"))
     quiet_console(is_verbose)
-    if is_verbose:
-        return train_loop_per_worker(loop_config)
-    try:  # Ray Train logs "Reporting training result ..." (every report, every rank) under the module's file path,
-        # not under "ray.train", so RunConfig's LoggingConfig does not reach it
-        import logging
+    if not is_verbose:
+        try:  # Ray Train logs "Reporting training result ..." (every report, every rank) under the module's file
+            # path, not under "ray.train", so RunConfig's LoggingConfig does not reach it
+            import logging
 
-        from ray.train.v2._internal.execution import context as train_context
+            from ray.train.v2._internal.execution import context as train_context
 
-        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    except Exception:
-        pass
-    original = builtins.print
-
-    def print_without_epoch_lines(*args: Any, **kwargs: Any) -> None:
-        if args and isinstance(args[0], str) and args[0].startswith("[def-ray] epoch "):
-            return
-        original(*args, **kwargs)
-
-    builtins.print = print_without_epoch_lines
-    try:
-        return train_loop_per_worker(loop_config)
-    finally:
-        builtins.print = original
+            logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+        except Exception:
+            pass
+    return train_loop_per_worker(loop_config)
 
 
 def _is_remote(url: str) -> bool:
@@ -362,7 +347,7 @@ def _with_chosen_sampler(cfg: Config, wd: Any, state: Any, description: Any, tra
     d = cfg.data
     windows = wd.windows("val", cfg.train.choice_windows, crop=d.crop if d.val_crop else None,
                          sampling=d.crop_sampling if d.val_crop else "uniform", seed=cfg.train.seed + 1)
-    options, table = choose_sampler(cfg, model, windows)
+    options, table = choose_sampler(cfg, model, wd.spec.layout, windows)
     picked = next(c for c in table if (c.spread_scale, c.guidance) == (options.spread_scale, options.guidance))
     rule = (f"validation split, {windows['cond'].shape[0]} windows x {cfg.train.val_members} members: spread/skill "
             "closest to 1 among the candidates within 2% of the best CRPS")

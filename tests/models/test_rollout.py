@@ -60,3 +60,25 @@ def test_rollout_refuses_inconsistent_channels():
         ChannelLayout.of(N_PAST, ["a", "b", "c"], ["c", "d"], ["latitude"])
     with pytest.raises(ValueError, match="lead_steps"):
         rollout(model, _cond(), 0, LAYOUT)
+
+
+def test_probability_matching_gives_each_member_the_observed_values_in_its_own_rank_order():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(timesteps=10), N_PAST * N_VARS + N_STATIC, 2).eval()
+    kw = dict(sampler="dpmpp", steps=2, member_batch_size=2, seed=5)
+    plain = rollout(model, _cond(), 2, LAYOUT, members=3, **kw)
+    matched = rollout(model, _cond(), 2, LAYOUT, members=3, probability_matching=True, **kw)
+    observed = _cond()[0, N_VARS:2 * N_VARS][[2, 0]]  # the newest frame's targets, in target order
+    # lead 0: the same member draws, each re-valued with the observed values rank by rank
+    for m in range(3):
+        for c in range(2):
+            got, raw = matched[m, 0, c].flatten(), plain[m, 0, c].flatten()
+            assert torch.equal(torch.sort(got).values, torch.sort(observed[c].flatten()).values)
+            assert torch.equal(torch.argsort(got, stable=True), torch.argsort(raw, stable=True))
+    # later leads too (from the matched conditioning), and the members still differ
+    for c in range(2):
+        assert torch.equal(torch.sort(matched[1, 1, c].flatten()).values, torch.sort(observed[c].flatten()).values)
+    assert not torch.equal(matched[0, 1], matched[1, 1])
+    # per-member: the same members however they are batched
+    again = rollout(model, _cond(), 2, LAYOUT, members=3, probability_matching=True, **{**kw, "member_batch_size": 1})
+    assert torch.equal(matched, again)

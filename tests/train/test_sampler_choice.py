@@ -4,11 +4,15 @@ import numpy as np
 import torch
 
 from def_ray.config import config_from_dict
+from def_ray.data.layout import ChannelLayout
 from def_ray.train.sampler_choice import choose_sampler
 
 
 class HalfSpreadModel:
     """Members ~ N(0, (0.5 * spread_scale)^2) per point, the truth ~ N(0, 1): spread_scale 2 is calibrated."""
+
+    kind = "diffusion"
+    target_channels = 1
 
     def eval(self):
         return self
@@ -24,7 +28,7 @@ def test_the_candidate_that_calibrates_the_spread_is_chosen():
                                       "val_members": 16}})
     rng = np.random.default_rng(0)
     windows = {"cond": np.zeros((6, 2, 24, 24), np.float32), "target": rng.standard_normal((6, 1, 24, 24))}
-    options, table = choose_sampler(cfg, HalfSpreadModel(), windows)
+    options, table = choose_sampler(cfg, HalfSpreadModel(), ChannelLayout.of(2, ["x"], ["x"]), windows)
     assert options.spread_scale == 2.0 and options.guidance == 1.0  # guidance not tried: no condition dropout
     by_scale = {c.spread_scale: c for c in table}
     assert len(table) == 4 and abs(by_scale[2.0].spread_skill - 1) < 0.05 and by_scale[1.0].spread_skill < 0.6

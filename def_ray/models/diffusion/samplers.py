@@ -63,9 +63,11 @@ def resolve_steps(sampler: str, steps: int | None, timesteps: int) -> int:
 
 
 def sampler_kwargs(sampler_cfg: Any) -> dict[str, Any]:
-    """Keyword arguments for ``ConvectionDDPM.sample`` / ``rollout`` from a ``SamplerConfig``."""
+    """Keyword arguments for ``rollout`` from a ``SamplerConfig`` (all but ``probability_matching`` are
+    ``ConvectionDDPM.sample``'s)."""
     return dict(sampler=sampler_cfg.name, steps=sampler_cfg.steps, member_batch_size=sampler_cfg.member_batch_size,
-                spread_scale=sampler_cfg.spread_scale, eta=sampler_cfg.eta, guidance=sampler_cfg.guidance)
+                spread_scale=sampler_cfg.spread_scale, eta=sampler_cfg.eta, guidance=sampler_cfg.guidance,
+                probability_matching=sampler_cfg.probability_matching)
 
 
 def _noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
