@@ -561,7 +561,7 @@ def parse_args(argv=None):
     p.add_argument("--variants", default=None, help="direct mode, comma-separated: bf16-cl, fp32, bf16-cl-compile, "
                    "bf16-cl-cudnnbench, bf16, fp32-cl (default bf16-cl,fp32)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="CPU: smaller sub-domains and fewer passes (~1-2 min)")
+    p.add_argument("--quick", action="store_true", help="CPU: sub-domains of at most 60 GFLOP, one timed pass")
     p.add_argument("--smoke", action="store_true", help="everything tiny, to check the script")
     p.add_argument("--flop-budget", type=float, default=None, help="CPU sub-domain: max FLOPs of one pass")
     p.add_argument("--pass-flop-budget", type=float, default=200e12, help="direct: max FLOPs of a batched bf16 pass")
