@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,21 +41,19 @@ class ForecastError(ValueError):
         self.field = field
 
 
-def resolve_checkpoint(uri: str) -> str:
-    """A local path or fsspec URL for `uri`; MLflow URIs (runs:/..., models:/..., mlflow-artifacts:/...) are
-    downloaded first (a folder must hold exactly one *.pt file)."""
-    if not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        return uri
-    import mlflow
+def resolve_checkpoint(uri: str, tracking_uri: str | None = None) -> str:
+    """A local path or fsspec URL for `uri`.  MLflow URIs are downloaded first (def_ray.models.registry):
+    models:/NAME@ALIAS, models:/NAME/VERSION, models:/NAME/latest, runs:/RUN_ID/model, mlflow-artifacts:/...,
+    from the tracking server `tracking_uri`, else $MLFLOW_TRACKING_URI, else training's local ./mlruns store.
+    A model, version, alias or artifact that does not exist is a one-line ForecastError naming the URI."""
+    from def_ray.models.registry import RegistryError, is_mlflow_uri, resolve_mlflow_uri
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    if local.is_dir():
-        found = sorted(local.rglob("*.pt"))
-        if len(found) != 1:
-            raise ForecastError(f"MLflow artifact {uri} holds {len(found)} *.pt files ({[p.name for p in found]}); "
-                                "name the checkpoint file in the URI", field="model")
-        local = found[0]
-    return str(local)
+    if not is_mlflow_uri(uri):
+        return uri
+    try:
+        return resolve_mlflow_uri(uri, tracking_uri)
+    except RegistryError as err:
+        raise ForecastError(str(err), field="model") from None
 
 
 def load_for_config(uri: str, cfg: Config, what: str = "--model") -> Forecaster:
@@ -65,14 +62,23 @@ def load_for_config(uri: str, cfg: Config, what: str = "--model") -> Forecaster:
     import os
 
     from def_ray.data.ray_dataset import resolve_storage_options
+    from def_ray.models.registry import is_mlflow_uri
 
+    source = uri
+    if is_mlflow_uri(uri):
+        if cfg.tracking.tracking_uri:
+            # the config names the tracking server: this process's later loads of `uri` (and the processes of a
+            # Ray started after this check: the batch job's actors, Serve replicas) resolve it there too
+            os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking.tracking_uri
+        source = resolve_checkpoint(uri, cfg.tracking.tracking_uri)
     local = uri.removeprefix("file://")
     if "://" not in local and os.path.isdir(local):
         raise ForecastError(f"{what} {uri} is a folder; expected a checkpoint file (.pt)", field="model")
     try:
-        fc = Forecaster.load(uri, resolve_storage_options(uri, cfg.train.storage.to_fsspec()), light=True)
+        fc = Forecaster.load(source, resolve_storage_options(source, cfg.train.storage.to_fsspec()), light=True)
     except OSError as err:
         raise ForecastError(f"{what} {uri} cannot be read: {err.strerror or err}", field="model") from None
+    fc.path = uri
     fc.check_config(cfg.data)
     return fc
 

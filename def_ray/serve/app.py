@@ -267,19 +267,28 @@ def forecast_app(cfg: Config, model_uri: str, api_key: str | None = None) -> ser
     """The bound app for `cfg` and a checkpoint; the API key defaults to the env var named by serve.api_key_env."""
     from def_ray.data.ray_dataset import resolve_storage_options
 
+    from def_ray.models.registry import is_mlflow_uri, pin_model_uri, tracking_uri_for
+
     sv = cfg.serve
     key = api_key if api_key is not None else os.environ.get(sv.api_key_env) or None
     opts = resolve_storage_options(model_uri, cfg.train.storage.to_fsspec())
+    runtime_env: dict[str, Any] = {}
+    if is_mlflow_uri(model_uri):
+        # the registry is read once, here: models:/NAME@ALIAS becomes the version it points at now, so every
+        # replica serves that version even if the alias moves; the replicas download it from the same server
+        tracking = tracking_uri_for(cfg.tracking.tracking_uri)
+        model_uri = pin_model_uri(model_uri, tracking)
+        runtime_env = {"runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": tracking}}}
     sampler = EnsembleSampler.options(
         num_replicas=sv.sampler_replicas, max_ongoing_requests=sv.max_ongoing_requests,
         max_queued_requests=sv.max_queued_requests,
-        ray_actor_options={"num_cpus": sv.cpus_per_replica, "num_gpus": sv.gpus_per_replica},
+        ray_actor_options={"num_cpus": sv.cpus_per_replica, "num_gpus": sv.gpus_per_replica, **runtime_env},
     ).bind(model_uri, opts, max(1, int(sv.cpus_per_replica)))
     # the ingress admits what all sampler replicas together can hold and answers the rest 503 itself, from slots
     # above that (ingress_limits)
     _, slots, queue = ingress_limits(sv)
     ingress = ForecastIngress.options(num_replicas=1, max_ongoing_requests=slots, max_queued_requests=queue,
-                                      ray_actor_options={"num_cpus": sv.ingress_cpus})
+                                      ray_actor_options={"num_cpus": sv.ingress_cpus, **runtime_env})
     # the keys the config sets, not every default: the checkpoint's sampler defaults apply where it is silent
     config = cfg.model_dump(mode="json", exclude_unset=True)
     return ingress.bind(sampler, config, model_uri, opts, key_hash(key) if key else None)

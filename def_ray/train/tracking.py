@@ -29,12 +29,9 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     The local store is a sqlite file, ./mlruns/mlflow.db, with artifacts in ./mlruns/artifacts: MLflow 3 refuses
     its plain-file backend unless MLFLOW_ALLOW_FILE_STORE is set.  `mlflow ui --backend-store-uri` shows it.
     """
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    root = Path("mlruns").resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    from def_ray.models.registry import local_tracking_uri
+
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(create=True)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -147,6 +144,15 @@ class Tracker:
 
     def set_tag(self, key: str, value: str) -> None:
         self._guard("setting a tag", lambda: self.client.set_tag(self.run_id, key, value))
+
+    def publish_model(self, checkpoint_uri: str, description: Any, config: Mapping[str, Any],
+                      **options: Any) -> dict[str, Any] | None:
+        """The exported checkpoint logged as this run's MLflow model, registered, alias champion, tagged
+        (def_ray.train.publish); None when tracking is off or it failed (one warning, as every call here)."""
+        from def_ray.train.publish import publish_model
+
+        return self._guard("logging and registering the model", lambda: publish_model(
+            self.client, self.uri, self.run_id, checkpoint_uri, description, config, **options))
 
     def end(self, status: str = "FINISHED") -> None:
         self._guard("ending the run", lambda: self.client.set_terminated(self.run_id, status=status))

@@ -43,6 +43,7 @@ class TrainResult:
     tracking_uri: str | None
     exported_metrics: dict[str, Any] = field(default_factory=dict)  # the exported epoch's metrics
     final_metrics: dict[str, Any] = field(default_factory=dict)
+    registered_model: str | None = None  # models:/NAME/VERSION when tracking registered the export (alias champion)
 
 
 def verbose() -> bool:
@@ -446,7 +447,7 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
         chosen, chosen_metrics = min(ranked, key=lambda cm: cm[1]["val_score"])
     else:  # the latest checkpoint is always kept, whatever its score
         chosen, chosen_metrics = result.checkpoint, dict(result.metrics or {})
-    export, epoch = None, None
+    export, epoch, registered = None, None, None
     if chosen is not None:
         from def_ray.train.checkpointing import export_model
 
@@ -459,14 +460,21 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
                               tc.export_path or f"{url}/best.pt",
                               storage_opts if _is_remote(tc.export_path or url) else None,
                               description=description)
+        epoch = state.epoch + 1  # state.epoch counts from 0; the console and MLflow show epochs from 1 ("epoch 5/20")
         tracker.set_tag("exported_checkpoint", export)
-        tracker.set_tag("exported_epoch", str(state.epoch))
+        tracker.set_tag("exported_epoch", str(epoch))
         tracker.set_tag("export", tc.export)
-        epoch = state.epoch + 1
+        # the exported file as an MLflow model of this run, registered, alias "champion" (def_ray.train.publish)
+        published = tracker.publish_model(export, description, cfg.dump(), exported_epoch=epoch, export=tc.export,
+                                          storage_options=storage_opts if _is_remote(export) else None)
+        registered = f"models:/{published['name']}/{published['version']}" if published else None
     tracker.end("FINISHED")
     kind = "diffusion" if diffusion else "deterministic"
-    print(f"[def-ray] {kind} model: {tc.export} checkpoint, epoch {epoch}, exported to {export} "
+    print(f"[def-ray] {kind} model: {tc.export} checkpoint, epoch {epoch}/{tc.epochs}, exported to {export} "
           f"(val_score {chosen_metrics.get('val_score')}); MLflow run {tracker.run_id} at {tracking_uri}", flush=True)
+    if registered:
+        print(f"[def-ray] registered as {registered}, alias {published['model_uri']} "
+              f"(def-ray forecast --model {published['model_uri']})", flush=True)
     return TrainResult(run_name=tc.run_name, run_path=url, checkpoint_path=export, mlflow_run_id=tracker.run_id,
                        tracking_uri=tracking_uri, exported_metrics=dict(chosen_metrics),
-                       final_metrics=dict(result.metrics or {}))
+                       final_metrics=dict(result.metrics or {}), registered_model=registered)

@@ -43,7 +43,9 @@ def _adam_steps(state) -> set[int]:
 
 
 @pytest.mark.mlflow
-def test_short_diffusion_run_trains_tracks_and_exports(ray_session, s3_store, mlflow_server, make_config):
+def test_short_diffusion_run_trains_tracks_and_exports(ray_session, s3_store, mlflow_server, make_config, capsys):
+    import re
+
     from mlflow import MlflowClient
 
     from def_ray.models.checkpoint import load_checkpoint
@@ -69,12 +71,25 @@ def test_short_diffusion_run_trains_tracks_and_exports(ray_session, s3_store, ml
 
     run = MlflowClient(mlflow_server).get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
+    # epochs are 1-based on the console and in MLflow: the exported epoch's console line shows its val score
+    assert run.data.tags["exported_epoch"] == str(extra["epoch"] + 1) and run.data.tags["export"] == "best"
+    console = capsys.readouterr().out
+    lines = {int(m[1]): m[2] for m in re.finditer(r"epoch (\d+)/3: .*?val CRPS ([0-9.e+-]+)", console)}
+    assert sorted(lines) == [1, 2, 3], console
+    exported = int(run.data.tags["exported_epoch"])
+    assert lines[exported] == f"{result.exported_metrics['val_score']:.4g}", console
+    assert f"best checkpoint, epoch {exported}/3" in console
+    # ... and the export is registered, alias champion, with the commit and the data period
+    version = MlflowClient(mlflow_server).get_model_version_by_alias("def-ray-diffusion", "champion")
+    assert version.run_id == result.mlflow_run_id
+    assert result.registered_model == f"models:/def-ray-diffusion/{version.version}"
+    assert version.tags["exported_epoch"] == run.data.tags["exported_epoch"]
+    assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["data_period"].startswith("2024-06-01")
     assert run.data.params["train.lr"] == str(cfg.train.lr) and run.data.params["model.kind"] == "diffusion"
     history = MlflowClient(mlflow_server).get_metric_history(result.mlflow_run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(1, 3 * STEPS_PER_EPOCH + 1))  # log_every_steps = 1
     assert len(MlflowClient(mlflow_server).get_metric_history(result.mlflow_run_id, "val_crps")) == 3
     assert run.data.tags["exported_checkpoint"] == result.checkpoint_path
-    assert run.data.tags["exported_epoch"] == str(extra["epoch"]) and run.data.tags["export"] == "best"
     arts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(result.mlflow_run_id, "config")}
     assert arts == {"config/config.yaml"}
 
