@@ -11,3 +11,78 @@ def test_event_names_the_variable_and_units():
     assert _event(qpe, 2.5) == "qpe_01h ≥ 2.5 mm"
     assert _event(xr.DataArray(np.zeros(3), name="refc"), 35.0) == "refc ≥ 35"
     assert _event(xr.DataArray(np.zeros(3)), 1.0) == "value ≥ 1"
+
+
+# -- the plots themselves ---------------------------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+import def_ray.viz.plots as plots  # noqa: E402
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    kept = []
+    save = plots._save
+
+    def keep(fig, path):
+        kept.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return kept
+
+
+def _case(leads=(3,), members=6, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = xr.DataArray(rng.normal(20, 15, (2, len(leads), 16, 16)).astype("float32"), dims=("case", "lead", "y", "x"),
+                         coords={"lead": list(leads)}, name="refc", attrs={"units": "dBZ"})
+    fc = {"diffusion": xr.DataArray(rng.normal(20, 15, (2, members, len(leads), 16, 16)).astype("float32"),
+                                    dims=("case", "member", "lead", "y", "x"), coords={"lead": list(leads)}),
+          "persistence": xr.DataArray(rng.normal(20, 15, (2, 1, len(leads), 16, 16)).astype("float32"),
+                                      dims=("case", "member", "lead", "y", "x"), coords={"lead": list(leads)})}
+    return fc, truth
+
+
+def _titles(fig):
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_reliability_has_sharpness_histogram_no_skill_and_climatology(tmp_path, figures):
+    fc, truth = _case()
+    plots.reliability_plot(tmp_path / "r.png", fc, truth, [20.0])
+    fig = figures[-1]
+    top, bottom = fig.axes
+    clim = float((truth.values >= 20).mean())
+    labels = {line.get_label(): line for line in top.get_lines()}
+    assert {"perfect", "no skill", "diffusion"} <= set(labels) and any(k.startswith("climatology") for k in labels)
+    x, y = labels["no skill"].get_data()
+    assert np.allclose(y, (np.asarray(x) + clim) / 2)  # halfway between climatology and the diagonal
+    # the sharpness histogram: counts per forecast-probability bin add up to every point
+    hist = [p for p in bottom.patches if p.get_label() == "diffusion"][0]
+    assert hist.get_data().values.sum() == truth.size and "count" in bottom.get_ylabel()
+    assert "lead 3" in _titles(fig)[0]
+    assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_fss_against_scale_in_km_at_the_data_lead(tmp_path, figures):
+    fc, truth = _case(leads=(2, 4))
+    plots.fss_plot(tmp_path / "f.png", fc, truth, [20.0], [1, 3, 9], km_per_pixel=3.0, step_minutes=30)
+    fig = figures[-1]
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "neighbourhood width (km)"
+    assert np.allclose(ax.get_lines()[0].get_xdata(), [3, 9, 27])
+    assert [t.split(", ")[-1] for t in _titles(fig)] == ["lead +1 h", "lead +2 h"]  # leads 2 and 4 of 30 min
+    # without a spacing: grid points, said so
+    plots.fss_plot(tmp_path / "g.png", fc, truth, [20.0], [1, 3], step_minutes=None)
+    assert figures[-1].axes[0].get_xlabel() == "neighbourhood width (grid points)"
+    assert "lead 2" in _titles(figures[-1])[0]
+
+
+def test_no_plot_says_lead_1_for_other_leads(tmp_path, figures):
+    fc, truth = _case(leads=(5,))
+    plots.verification_plots(tmp_path, fc, truth, [20.0, 35.0], [1, 3], km_per_pixel=1.0)
+    text = " ".join(t for fig in figures for t in _titles(fig))
+    assert "lead 1" not in text and "lead 5" in text
+    fss = [f for f in figures if "FSS" in " ".join(_titles(f))][0]
+    assert np.allclose(fss.axes[0].get_lines()[0].get_xdata(), [1, 3])
