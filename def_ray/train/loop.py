@@ -300,7 +300,7 @@ def train_loop_per_worker(lc: dict[str, Any]) -> None:
         eval_model = ema.module if ema is not None else model
         val, sample = _validate(cfg, eval_model, val_shard, device, rank, world, epoch)
         metrics = {"epoch": epoch, "global_step": state.global_step, "epoch_time_s": train_time,
-                   "train_loss": loss_epoch / max(steps_per_epoch, 1),
+                   "epoch_train_loss": loss_epoch / max(steps_per_epoch, 1),
                    "steps_per_s": steps_per_epoch / train_time if train_time > 0 else 0.0, **val}
         if ema is not None:
             metrics["ema_n_averaged"] = int(ema.n_averaged)

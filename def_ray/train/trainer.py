@@ -159,8 +159,8 @@ class EpochLines:
         typical = self.times[1:] or self.times
         eta = (self.epochs - epoch) * sum(typical) / len(typical)
         parts = [f"{self.prefix} epoch {epoch}/{self.epochs}"]
-        if "train_loss" in metrics:
-            parts.append(f"train loss {metrics['train_loss']:.4g}")
+        if "epoch_train_loss" in metrics:
+            parts.append(f"train loss {metrics['epoch_train_loss']:.4g}")
         score = metrics.get("val_score")
         if score is not None:
             name = "val CRPS" if "val_crps" in metrics else "val MSE"

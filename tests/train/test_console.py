@@ -15,7 +15,7 @@ from def_ray.train.trainer import EpochLines, format_duration
 
 def test_epoch_line_has_loss_score_time_and_eta():
     lines = EpochLines(epochs=4, started=0.0)
-    first = lines.line({"epoch": 0, "train_loss": 0.5, "val_score": 0.4, "val_crps": 0.4, "val_spread_skill": 0.8},
+    first = lines.line({"epoch": 0, "epoch_train_loss": 0.5, "val_score": 0.4, "val_crps": 0.4, "val_spread_skill": 0.8},
                        now=30.0)
     assert first == ("[def-ray] epoch 1/4: train loss 0.5, val CRPS 0.4, spread/skill 0.80, 30.0 s/epoch, "
                      "ETA 1 min 30 s")
@@ -68,7 +68,7 @@ def test_a_training_run_prints_one_line_per_epoch_and_no_bars(tmp_path):
                           timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    epoch_lines = [line for line in out.splitlines() if " epoch " in line and "/3" in line]
+    epoch_lines = [line for line in out.splitlines() if line.startswith("[def-ray] epoch ")]
     assert [line.split(":")[0] for line in epoch_lines] == [f"[def-ray] epoch {k}/3" for k in (1, 2, 3)], out
     assert "ETA" in epoch_lines[0] and epoch_lines[-1].endswith("done")
     assert "val CRPS" in epoch_lines[0] and "s/epoch" in epoch_lines[0]
