@@ -95,7 +95,8 @@ def forecast_parser() -> argparse.ArgumentParser:
                       description="Ensemble forecast from a diffusion checkpoint, members sampled by Ray actors "
                                   "(local Ray, or the cluster named by RAY_ADDRESS). Exit status: 0 done, 2 bad "
                                   "input (checked before Ray starts), 1 failed.")
-    p.add_argument("--model", required=True, help="checkpoint: local path, s3:// URL or MLflow URI (runs:/...)")
+    p.add_argument("--model", required=True,
+                   help="checkpoint: local path, s3:// URL or MLflow URI (runs:/..., models:/NAME@ALIAS)")
     p.add_argument("--config", required=True, help="experiment YAML (data.store and the forecast section)")
     p.add_argument("--members", type=_positive_int, help="ensemble size (default forecast.members)")
     p.add_argument("--init-time", type=parse_time, help="initialisation time (UTC), e.g. 2024-06-01T18 "

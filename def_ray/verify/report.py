@@ -189,7 +189,8 @@ def _fmt(x: float | None) -> str:
 
 Plotter = Callable[[Path, Mapping[str, xr.DataArray], xr.DataArray, Sequence[float], Sequence[int]],
                    Mapping[str, Path]]
-"""(folder, forecasts, truth, thresholds, FSS scales) -> {name: PNG path}: def_ray.viz.plots.verification_plots."""
+"""(folder, forecasts, truth, thresholds, FSS scales) -> {name: PNG path}: def_ray.viz.plots.verification_plots.
+`verify` also passes km_per_pixel and step_minutes as keywords (the plots then speak km and hours)."""
 
 
 def write_report(out_dir: str | Path, scores: Mapping[str, Any], forecasts: Mapping[str, xr.DataArray],

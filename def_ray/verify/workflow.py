@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,8 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
         calibration = observed_calibration(cases, probs, thresholds)
         sections.append(_calibration_section(calibration, observed=True))
     out = Path(out_dir or v.out)
+    if plotter is not None:  # the plots speak km and hours, as the config and the store say
+        plotter = partial(plotter, km_per_pixel=v.km_per_pixel, step_minutes=store.dt_seconds * cfg.data.dt_steps / 60)
     paths = write_report(out, scores, forecasts, cases.truth, thresholds, v.scales, sections,
                          title=f"def_ray verification: {cfg.name}", plotter=plotter)
     if calibration:
