@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 
 from def_ray.config import CommandParser, Config, ConfigError, load_config, parse_overrides, run_command
@@ -38,7 +37,7 @@ _VERBOSE_HELP = ("show Ray's own console output too: Ray Data progress bars, Ray
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from def_ray.demo import run_demo
-    from def_ray.train.trainer import set_verbose
+    from def_ray.train.console import set_verbose
 
     set_verbose(args.verbose)
 
@@ -108,7 +107,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from def_ray.train.entry import run_training
-    from def_ray.train.trainer import set_verbose
+    from def_ray.train.console import set_verbose
 
     set_verbose(args.verbose)
 

@@ -72,7 +72,7 @@ def run_demo(out_dir: Path = Path("demo_out"), config_path: str | Path | None = 
     from def_ray.data.synthetic import write_synthetic_grib
     from def_ray.forecast.batch import run_forecast_job
     from def_ray.forecast.writer import write_forecast
-    from def_ray.train.trainer import connect_ray
+    from def_ray.train.console import connect_ray
     from def_ray.verify.workflow import verify
     from def_ray.viz.maps import forecast_map_set
     from def_ray.viz.plots import verification_plots

@@ -32,7 +32,8 @@ def quiet_pysteps():
 
 def to_log_scale(past: np.ndarray, scale: Scale, threshold: float) -> tuple[np.ndarray, float, float]:
     """(field on a log scale with NaN filled, the no-rain value, the threshold on that scale)."""
-    from pysteps.utils import transformation
+    with quiet_pysteps():  # its first import prints where its configuration file is
+        from pysteps.utils import transformation
 
     field = np.asarray(past, dtype="float64")
     if scale == "rainrate":
@@ -43,7 +44,8 @@ def to_log_scale(past: np.ndarray, scale: Scale, threshold: float) -> tuple[np.n
 
 
 def from_log_scale(field: np.ndarray, scale: Scale, threshold: float) -> np.ndarray:
-    from pysteps.utils import transformation
+    with quiet_pysteps():  # its first import prints where its configuration file is
+        from pysteps.utils import transformation
 
     field = np.asarray(field, dtype="float64")
     if scale == "rainrate":
@@ -89,7 +91,10 @@ def estimate_motion(past: np.ndarray, variable: str, stride: int = 8) -> np.ndar
     if xy.shape[0] == 0:
         return np.zeros((2, h, w), np.float32)
     ys, xs = (np.unique(np.r_[np.arange(0, n, stride), n - 1]) for n in (h, w))
-    coarse = idwinterp2d(xy, uv, xs, ys)  # (2, len(ys), len(xs))
+    # nchunks=1 always: pysteps' interpolator wrapper keeps its chunk count between calls (4, then 2, then 1: the
+    # first call of a process splits the grid and scales distances per chunk), so without it the first window a
+    # process reads got another motion than every later one
+    coarse = idwinterp2d(xy, uv, xs, ys, nchunks=1)  # (2, len(ys), len(xs))
     rows = np.interp(np.arange(h), ys, np.arange(ys.size))
     cols = np.interp(np.arange(w), xs, np.arange(xs.size))
     grid = np.meshgrid(rows, cols, indexing="ij")

@@ -89,7 +89,7 @@ def job_main(argv: Sequence[str] | None, kind: str) -> int:
         return int(stop.code or 0)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.verbose:
-        os.environ["DEF_RAY_VERBOSE"] = "1"  # def_ray.train.trainer.set_verbose, without importing Ray here
+        os.environ["DEF_RAY_VERBOSE"] = "1"  # def_ray.train.console.set_verbose, without importing Ray here
 
     def work() -> int:
         cfg = load_config(args.config, parse_overrides(args.override))

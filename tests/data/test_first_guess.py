@@ -98,3 +98,22 @@ def test_rain_crops_are_drawn_evenly_over_classes_and_inside_coverage(tmp_path):
     # stride moves some draws of a small cell's class out of it)
     assert heavy > 4 * share
     assert min(x for _, x in draws) >= 8 - plan.stride // 2  # never (more than the jitter) outside coverage
+
+
+def test_the_motion_of_a_process_first_call_is_that_of_every_later_call():
+    """pysteps' interpolator wrapper keeps its chunking between calls; the first window a (Ray) process reads must
+    still get the motion every later read of the same frames gets."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np; from scipy.ndimage import gaussian_filter; "
+        "from def_ray.data.advection import estimate_motion; "
+        "rng = np.random.default_rng(0); "
+        "x = np.stack([gaussian_filter(f, 3) for f in np.abs(rng.normal(0, 1, (2, 32, 32)))]) * 200; "
+        "a, b = estimate_motion(x, 'refc'), estimate_motion(x, 'refc'); "
+        "assert np.abs(a).max() > 0.5, 'no motion found: the case tests nothing'; "
+        "print(float(np.abs(a - b).max()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(out.strip().splitlines()[-1]) == 0.0

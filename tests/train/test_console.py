@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from def_ray.train.trainer import EpochLines, format_duration
+from def_ray.train.console import EpochLines, format_duration
 
 
 def test_epoch_line_has_loss_score_time_and_eta():
@@ -44,7 +44,8 @@ def test_verbose_is_an_option_of_the_commands_that_train():
 SCRIPT = textwrap.dedent("""
     import sys
     from def_ray.testing import tiny_config, tiny_store
-    from def_ray.train.trainer import connect_ray, train
+    from def_ray.train.console import connect_ray
+    from def_ray.train.trainer import train
 
     out = sys.argv[1]
     tiny_store(f"{out}/tiny.zarr")
