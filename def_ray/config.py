@@ -247,6 +247,21 @@ class SamplerConfig(_Section):
         False, description="give every generated member frame the value distribution of the newest observed frame "
         "(rank by rank over the forecast grid, at every lead; pysteps' 'cdf' probability matching, as STEPS does): "
         "the network places the rain, the observation sets how much of each amount there is")
+    tile: int | None = Field(
+        None, ge=1, description="None = the network sees the whole frame; else it runs on overlapping tile x tile "
+        "windows blended into one prediction at every denoising step (noise and solver state stay whole-frame), so "
+        "memory is bounded by the tile: for grids whose activations do not fit (full CONUS). A multiple of the "
+        "network's downsampling factor; the training crop is the natural choice. Close to, not equal to, untiled "
+        "(GroupNorm and attention see the tile): def_ray.models.diffusion.samplers states the tolerance")
+    tile_overlap: int = Field(64, ge=0, description="pixels shared by neighbouring tiles (a multiple of the "
+                              "downsampling factor, at most tile/2); each tile's outer quarter of it is discarded and "
+                              "the central half blended with a raised cosine. Larger = closer to untiled, more passes")
+
+    @model_validator(mode="after")
+    def _tiling(self) -> SamplerConfig:
+        if self.tile is not None and 2 * self.tile_overlap > self.tile:
+            raise ValueError(f"tile_overlap={self.tile_overlap} must be at most tile/2 ({self.tile // 2})")
+        return self
 
 
 class TrainConfig(_Section):

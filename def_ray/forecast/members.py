@@ -1,9 +1,13 @@
 """Members sampled where the model lives: the batch job's Ray actors and the Serve replicas are this class.
 
 The driver (batch job) or the ingress (Serve) builds the conditioning once with a light ``Forecaster``, puts it in
-Ray's object store and hands member ranges to ``MemberSampler``s, each holding the network once.  Ranges start on
-multiples of the member batch size (``member_chunks``), so each network batch holds the same members wherever it
-runs: results stay bit-identical even where kernels depend on the batch shape (cuDNN).
+Ray's object store ONCE per forecast (``ray.put``) and hands the reference with each member range to the
+``MemberSampler``s: Ray resolves a top-level ObjectRef argument in the actor / replica from the object store (zero
+copy on the same node), so the conditioning (about 230 MB at full CONUS) is not serialised into every call. Each
+sampler loads the network once, in ``__init__``, and keeps it resident for every call it serves (``resident``
+reports the loads and calls of its process; tests/forecast/test_conditioning_by_reference.py checks both). Ranges
+start on multiples of the member batch size (``member_chunks``), so each network batch holds the same members
+wherever it runs: results stay bit-identical even where kernels depend on the batch shape (cuDNN).
 """
 
 from __future__ import annotations
@@ -35,14 +39,34 @@ def member_ranges(members: int, parts: int, align: int) -> list[tuple[int, int]]
 class MemberSampler:
     """Loads the model once (on the GPU when there is one) and samples member ranges in physical units."""
 
+    loads = 0
+    """Models loaded in this process (a Ray actor / Serve replica is one process: 1 for its lifetime)."""
+
     def __init__(self, model_uri: str, storage_options: Mapping[str, Any] | None = None, threads: int = 1):
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.forecaster = Forecaster.load(model_uri, storage_options, device=device)
+        MemberSampler.loads += 1
+        self.calls = 0
 
-    def sample(self, cond: np.ndarray, members: int, lead_steps: int, options: SamplerConfig, seed: int,
+    def sample(self, cond: Any, members: int, lead_steps: int, options: SamplerConfig, seed: int,
                member_offset: int, normaliser: Normaliser) -> np.ndarray:
+        """Members member_offset .. + members - 1 from `cond`: the array, or its ObjectRef (Ray resolves a
+        top-level reference before the call; one passed any other way is fetched here)."""
+        import ray
+
+        if isinstance(cond, ray.ObjectRef):
+            cond = ray.get(cond)
+        self.calls += 1
         return self.forecaster.sample(cond, members, lead_steps, options, seed=seed, member_offset=member_offset,
                                       normaliser=normaliser)
+
+    def resident(self) -> dict[str, int]:
+        """{pid, loads (models loaded by this process), calls (sample calls served), model (id of the network)}:
+        a sampler that keeps its model resident shows loads == 1 and the same model id however many calls."""
+        import os
+
+        return {"pid": os.getpid(), "loads": MemberSampler.loads, "calls": self.calls,
+                "model": id(self.forecaster.model)}

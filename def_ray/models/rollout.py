@@ -10,6 +10,10 @@ With ``probability_matching`` every generated frame (each member, target and lea
 newest observed frame rank by rank: the network decides where the rain is, the observation how much of each amount
 (the 'cdf' probability matching of pysteps' STEPS).  It is a per-member map, so members stay independent of how they
 are batched or split across actors.
+
+With ``tile`` (and ``tile_overlap``) the diffusion model's network runs on overlapping tiles blended at every
+denoising step (``def_ray.models.diffusion.samplers``, "Tiled sampling"); the members are whole frames, so
+probability matching, the first guess and the next step's conditioning see the whole frame, as without tiling.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import torch
 
 from def_ray.data.layout import ChannelLayout
-from def_ray.models.diffusion.samplers import lead_seed
+from def_ray.models.diffusion.samplers import lead_seed, tiled_sampling
 
 
 def match_distribution(fields: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -37,7 +41,8 @@ def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayo
     """(members, lead_steps, C_t, H, W) from cond (C_cond, H, W) or (1, C_cond, H, W) laid out as `layout` says.
 
     A deterministic model gives one member (members must be 1); it ignores ``sample_kwargs``, so callers can pass
-    the same sampler options to either kind.
+    the same sampler options to either kind. ``tile`` / ``tile_overlap`` in ``sample_kwargs`` tile the diffusion
+    network's evaluations (None: untiled).
     """
     if cond.ndim == 3:
         cond = cond[None]
@@ -55,7 +60,12 @@ def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayo
         step = lambda c, lead: model.predict(c)[:, None]  # noqa: E731
     else:
         seed = sample_kwargs.pop("seed", 0)
-        step = lambda c, lead: model.sample(c, members, seed=lead_seed(seed, lead), **sample_kwargs)  # noqa: E731
+        tiling = (sample_kwargs.pop("tile", None), sample_kwargs.pop("tile_overlap", None) or 0)
+
+        def step(c: torch.Tensor, lead: int) -> torch.Tensor:
+            # the model's sample() does not take the tiling keys: they reach sample_ensemble through this block
+            with tiled_sampling(*tiling):
+                return model.sample(c, members, seed=lead_seed(seed, lead), **sample_kwargs)
     observed = layout.newest_targets(cond)[0]
     out = []
     for lead in range(lead_steps):

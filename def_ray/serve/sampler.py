@@ -1,4 +1,8 @@
-"""The sampler deployment: the batch job's MemberSampler as a Serve replica, cancellable and health-checked."""
+"""The sampler deployment: the batch job's MemberSampler as a Serve replica, cancellable and health-checked.
+
+Like the batch job's actors, a replica loads the network once and keeps it resident (MemberSampler.resident), and
+receives the conditioning by reference: the ingress puts it into the object store once per forecast and passes
+the ObjectRef to every call; Ray resolves it in the replica (app.ForecastIngress._sample)."""
 
 import asyncio
 import threading
