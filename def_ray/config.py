@@ -32,9 +32,9 @@ class _Section(BaseModel):
 class StorageOptions(_Section):
     """fsspec / s3fs options for an object store. Secrets come from the environment, never from the file."""
 
-    endpoint_url: str | None = None
-    anon: bool = False
-    region: str | None = None
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL (e.g. MinIO); None = AWS S3")
+    anon: bool = Field(False, description="unsigned (anonymous) requests, for public buckets")
+    region: str | None = Field(None, description="S3 region name; None = the client's default")
 
     def to_fsspec(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -53,15 +53,17 @@ class StorageOptions(_Section):
 class SynthConfig(_Section):
     """Seeded synthetic HRRR-like scenes (def_ray.data.synthetic)."""
 
-    seed: int = 0
-    hours: int = Field(24, ge=1)
-    start: datetime = datetime(2024, 6, 1, 12)
-    ny: int = Field(64, ge=8)
-    nx: int = Field(64, ge=8)
+    seed: int = Field(0, description="seed of the scenes' random draws (environment and cells)")
+    hours: int = Field(24, ge=1, description="number of hourly scenes (hours) written, from start")
+    start: datetime = Field(datetime(2024, 6, 1, 12), description="valid time of the first scene (UTC; a time "
+                            "with a zone is converted to UTC)")
+    ny: int = Field(64, ge=8, description="rows of the crop (grid points of the 3 km HRRR grid)")
+    nx: int = Field(64, ge=8, description="columns of the crop (grid points of the 3 km HRRR grid)")
     # offset of the crop inside the full 1059 x 1799 HRRR grid
-    y0: int = Field(400, ge=0)
-    x0: int = Field(900, ge=0)
-    out_dir: str = "data/synthetic/grib"
+    y0: int = Field(400, ge=0, description="first row of the crop in the HRRR grid (grid points)")
+    x0: int = Field(900, ge=0, description="first column of the crop in the HRRR grid (grid points)")
+    out_dir: str = Field("data/synthetic/grib", description="local folder the GRIB2 files are written to, one per "
+                         "hour in the archive's layout (hrrr.YYYYMMDD/conus/...)")
     init_rate: float = Field(0.004, ge=0, le=1, description="per grid point per hour probability of a new cell "
                              "where CAPE is high and CIN weak (the logistic factors' ceiling)")
 
@@ -86,17 +88,24 @@ class SynthConfig(_Section):
 class FetchConfig(_Section):
     """HRRR archive access (def_ray.data.fetch)."""
 
-    archive_url: str = "s3://noaa-hrrr-bdp-pds"
-    storage: StorageOptions = StorageOptions(anon=True)
-    product: Literal["wrfsfcf", "wrfsubhf", "wrfprsf", "wrfnatf"] = "wrfsfcf"
-    lead_hour: int = Field(0, ge=0, le=48)
-    start: datetime | None = None
-    end: datetime | None = None
-    out_dir: str = "data/hrrr/grib"
-    retries: int = Field(4, ge=0)
-    backoff_s: float = Field(1.0, ge=0)
-    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
-    merge_gap_bytes: int = Field(0, ge=0, description="also merge byte ranges this close (fewer requests, more bytes)")
+    archive_url: str = Field("s3://noaa-hrrr-bdp-pds", description="root of the HRRR archive (any fsspec URL or "
+                             "folder with its hrrr.YYYYMMDD/conus/ layout)")
+    storage: StorageOptions = Field(StorageOptions(anon=True), description="object-store options for archive_url "
+                                    "(endpoint_url, anon, region; S3 options reach s3:// URLs only)")
+    product: Literal["wrfsfcf", "wrfsubhf", "wrfprsf", "wrfnatf"] = Field(
+        "wrfsfcf", description="HRRR file type: surface, sub-hourly surface, pressure levels or native levels")
+    lead_hour: int = Field(0, ge=0, le=48, description="forecast hour of the files fetched (hours; 0 = analysis)")
+    start: datetime | None = Field(None, description="first cycle fetched (UTC, whole hours); must be set to fetch")
+    end: datetime | None = Field(None, description="last cycle fetched, inclusive (UTC); must be set to fetch")
+    out_dir: str = Field("data/hrrr/grib", description="local folder the GRIB2 files land in (the archive's "
+                         "relative layout)")
+    retries: int = Field(4, ge=0, description="retries of a request after a transient error (0 = none)")
+    backoff_s: float = Field(1.0, ge=0, description="wait before the first retry (seconds), doubled at every retry")
+    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS),
+                                 description="variables fetched (def_ray.data.lexicon names), byte ranges of "
+                                 "their GRIB2 messages only")
+    merge_gap_bytes: int = Field(0, ge=0, description="also merge byte ranges this close (bytes; fewer "
+                                 "requests, more bytes)")
     max_workers: int = Field(4, ge=1, description="hours downloaded at the same time")
 
     @field_validator("variables")
@@ -120,10 +129,14 @@ class FetchConfig(_Section):
 class MrmsConfig(_Section):
     """MRMS radar frames cropped and coarsened into a store (def_ray.data.mrms), e.g. for real-data evaluation."""
 
-    files: str = "../shared/data/mrms/preciprate_20190610/*.grib2"
-    box: tuple[float, float, float, float] = (31.5, 34.06, -87.5, -84.94)  # lat_min, lat_max, lon_min, lon_max
-    factor: int = Field(2, ge=1, description="coarsening factor of the 0.01 degree grid")
-    min_coverage: float = Field(0.5, ge=0, le=1)
+    files: str = Field("../shared/data/mrms/preciprate_20190610/*.grib2", description="glob of the MRMS GRIB2 "
+                       "files read (one product)")
+    box: tuple[float, float, float, float] = Field(
+        (31.5, 34.06, -87.5, -84.94), description="crop (lat_min, lat_max, lon_min, lon_max), degrees north / east")
+    factor: int = Field(2, ge=1, description="coarsening factor of the 0.01 degree grid (factor x factor pixels "
+                        "averaged into one)")
+    min_coverage: float = Field(0.5, ge=0, le=1, description="fraction of a block's pixels that must hold data "
+                                "(inside radar coverage); less = NaN")
 
     @model_validator(mode="after")
     def _box(self) -> MrmsConfig:
@@ -136,15 +149,24 @@ class MrmsConfig(_Section):
 class DataConfig(_Section):
     """The Zarr store and the windows read from it."""
 
-    store: str = "data/zarr/hrrr.zarr"
-    storage: StorageOptions = StorageOptions()
-    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
-    target_variables: list[str] = Field(default_factory=lambda: ["refc"])
-    n_past: int = Field(4, ge=1)
+    store: str = Field("data/zarr/hrrr.zarr", description="the Zarr store of frames (local path or s3:// URL) "
+                       "that ingest writes and training, forecasts, serve and verify read")
+    storage: StorageOptions = Field(StorageOptions(), description="object-store options for store (endpoint_url, "
+                                    "anon, region)")
+    variables: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS),
+                                 description="input variables of every past frame, in order "
+                                 "(def_ray.data.lexicon names; units as in the lexicon)")
+    target_variables: list[str] = Field(default_factory=lambda: ["refc"], description="variables forecast (a "
+                                        "subset of variables; refc = composite reflectivity, dBZ)")
+    n_past: int = Field(4, ge=1, description="past frames the model is conditioned on (dt_steps store steps "
+                        "apart, the newest at the init time)")
     dt_steps: int = Field(1, ge=1, description="store time steps between frames of a window (1 = hourly store)")
-    tile: int = Field(256, ge=8, description="spatial chunk edge in the Zarr store")
-    crop: int | None = Field(None, ge=8, description="random square training crop; None = full frames")
-    static_fields: list[Literal["latitude", "longitude"]] = Field(default_factory=list)
+    tile: int = Field(256, ge=8, description="spatial chunk edge in the Zarr store (grid points)")
+    crop: int | None = Field(None, ge=8, description="edge of the random square training crop (grid points); "
+                             "None = full frames")
+    static_fields: list[Literal["latitude", "longitude"]] = Field(
+        default_factory=list, description="fixed fields added to the conditioning as channels (standardised "
+        "over the training grid); empty = none")
     crops_per_window: int = Field(1, ge=1, description="training crops cut from each window per epoch")
     val_crop: bool = Field(False, description="validate on crops cut like the training crops (crops_per_window of "
                            "each window, the same ones every epoch) instead of full frames")
@@ -157,9 +179,12 @@ class DataConfig(_Section):
         default_factory=dict, description="per-variable transform before normalisation: 'log' = log10(x + 0.1 mm) "
         "for rain (def_ray.data.normalise); unlisted variables are not transformed")
     # splits: fractions of the store's committed time axis, in time order, separated by `gap_steps`
-    val_fraction: float = Field(0.15, ge=0, lt=1)
-    test_fraction: float = Field(0.15, ge=0, lt=1)
-    gap_steps: int | None = Field(None, ge=0, description="steps between splits; default n_past * dt_steps")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="fraction of the committed time steps in the "
+                                "validation split (after train)")
+    test_fraction: float = Field(0.15, ge=0, lt=1, description="fraction of the committed time steps in the "
+                                 "test split (the last, used by verify)")
+    gap_steps: int | None = Field(None, ge=0, description="store time steps left out between splits; None = n_past "
+                                  "* dt_steps")
 
     @field_validator("variables", "target_variables")
     @classmethod
@@ -192,13 +217,16 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The network: the UNet backbone and, for diffusion, the number of cosine-schedule steps T."""
 
-    kind: Literal["deterministic", "diffusion"] = "diffusion"
-    base_dims: int = Field(64, ge=4)
-    channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 4])
-    num_res_blocks: int = Field(2, ge=1)
+    kind: Literal["deterministic", "diffusion"] = Field(
+        "diffusion", description="'diffusion' = conditional DDPM drawing ensemble members; 'deterministic' = the "
+        "UNet regressing one forecast")
+    base_dims: int = Field(64, ge=4, description="channels of the UNet's finest level")
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 4], description="channel multiplier of "
+                                     "base_dims per UNet level; n levels downsample by 2^(n-1)")
+    num_res_blocks: int = Field(2, ge=1, description="residual blocks per UNet level")
     attention_levels: list[int] = Field(default_factory=lambda: [2], description="levels (0 = finest) with attention")
-    groups: int = Field(8, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    groups: int = Field(8, ge=1, description="GroupNorm groups (every level's channels must be divisible by it)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability inside the residual blocks")
     timesteps: int = Field(200, ge=2, description="diffusion steps T of the cosine schedule")
     patch: int = Field(1, ge=1, description="space-to-depth factor: the UNet works on patch x patch blocks of the "
                        "grid (pixel unshuffle in, pixel shuffle out), which divides its cost by patch^2")
@@ -235,10 +263,15 @@ class ModelConfig(_Section):
 class SamplerConfig(_Section):
     """How ensemble members are drawn from a trained diffusion model."""
 
-    name: Literal["ddpm", "ddim", "dpmpp"] = "dpmpp"
-    steps: int | None = Field(20, ge=1, description="None = all T steps (only meaningful for ddpm)")
-    member_batch_size: int = Field(10, ge=1)
-    spread_scale: float = Field(1.0, gt=0, description="scales the sampling noise; 1 = faithful")
+    name: Literal["ddpm", "ddim", "dpmpp"] = Field(
+        "dpmpp", description="sampler: 'ddpm' ancestral (stochastic), 'ddim', 'dpmpp' DPM-Solver++ (deterministic "
+        "given the initial noise)")
+    steps: int | None = Field(20, ge=1, description="denoising steps (network evaluations) per member; None = all "
+                                  "T for ddpm, 20 for ddim/dpmpp")
+    member_batch_size: int = Field(10, ge=1, description="members sampled together in one network batch (memory "
+                                   "vs speed; the members do not depend on it)")
+    spread_scale: float = Field(1.0, gt=0, description="scales the sampling noise (initial and per-step); 1 = "
+                                "faithful, > 1 wider ensemble")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM stochasticity (0 = deterministic); ignored by ddpm/dpmpp")
     guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale w: eps = eps(no cond) + w (eps(cond) - "
                             "eps(no cond)); 1 = the conditional model, 0 = unconditional, > 1 sharper and narrower "
@@ -267,78 +300,101 @@ class SamplerConfig(_Section):
 class TrainConfig(_Section):
     """Ray Train: workers, optimiser, checkpoints on storage, fault tolerance."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(1, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.999, ge=0, lt=1)
-    bf16: bool = True
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1, gt=0)
-    storage_path: str = "runs"
-    storage: StorageOptions = StorageOptions()
-    run_name: str = "def-ray"
-    keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0)
-    val_members: int = Field(4, ge=2)
-    val_windows: int = Field(4, ge=1)
+    epochs: int = Field(10, ge=1, description="passes over the training windows")
+    batch_size: int = Field(1, ge=1, description="windows (crops) per micro-batch on each worker")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step (effective batch = batch_size "
+                            "x grad_accum x num_workers)")
+    lr: float = Field(2e-4, gt=0, description="peak AdamW learning rate, reached after warmup_steps, then cosine "
+                      "decay to 0 at the last step")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(100, ge=0, description="optimiser steps of linear learning-rate warmup")
+    grad_clip: float = Field(1.0, gt=0, description="largest global gradient norm (larger gradients are scaled "
+                             "down)")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="per-optimiser-step decay of the EMA of the diffusion "
+                             "model's weights (validation and export use the EMA)")
+    bf16: bool = Field(True, description="bfloat16 autocast of training steps on CUDA (ignored on CPU)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel DDP ranks)")
+    use_gpu: bool = Field(False, description="one GPU per worker (the cluster needs num_workers GPUs)")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved by each Ray Train worker")
+    storage_path: str = Field("runs", description="where runs live (local folder or s3:// URL): the run is "
+                              "<storage_path>/<run_name>, with its checkpoints")
+    storage: StorageOptions = Field(StorageOptions(), description="object-store options for storage_path and "
+                                    "for the checkpoints forecast, serve and verify load")
+    run_name: str = Field("def-ray", description="name of the run: its folder under storage_path and its MLflow "
+                          "run name")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in the run (those with the lowest "
+                                  "val_score)")
+    max_failures: int = Field(2, ge=0, description="worker failures Ray Train recovers from by restarting from "
+                              "the latest checkpoint (0 = none)")
+    val_members: int = Field(4, ge=2, description="members per window of the validation ensemble CRPS (and of "
+                             "choose_sampler)")
+    val_windows: int = Field(4, ge=1, description="validation windows scored by ensemble CRPS every epoch, all "
+                             "workers together (diffusion)")
     export: Literal["best", "last"] = Field(
         "best", description="which checkpoint is exported: best = lowest validation score (a small, noisy ensemble "
         "CRPS for diffusion), last = the final epoch (its EMA weights for diffusion)")
     export_path: str | None = Field(None, description="exported checkpoint as one file; default "
                                                       "<storage_path>/<run>/best.pt")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the initial weights, shuffling, training noise and validation draws")
     # validation of the diffusion model: a small ensemble from a fast sampler on the EMA weights
     choose_sampler: bool = Field(False, description="after training, choose forecast.sampler's spread_scale and "
                                  "guidance on validation windows (def_ray.train.sampler_choice) and store them in the "
                                  "checkpoint as its sampler defaults")
-    spread_scales: list[float] = Field(default_factory=lambda: [1.0], description="candidates of choose_sampler")
-    guidance_scales: list[float] = Field(default_factory=lambda: [1.0], description="candidates of choose_sampler "
-                                         "(used when model.cond_dropout > 0)")
+    spread_scales: list[float] = Field(default_factory=lambda: [1.0], description="spread_scale candidates of "
+                                       "choose_sampler")
+    guidance_scales: list[float] = Field(default_factory=lambda: [1.0], description="guidance candidates of "
+                                         "choose_sampler (used when model.cond_dropout > 0)")
     choice_windows: int = Field(16, ge=1, description="validation windows (crops) choose_sampler scores each "
                                 "candidate on, with val_members members")
-    val_sampler: Literal["ddim", "dpmpp"] = "dpmpp"
+    val_sampler: Literal["ddim", "dpmpp"] = Field("dpmpp", description="sampler of the validation ensemble")
     val_steps: int = Field(4, ge=1, description="sampler steps of the validation ensemble")
     log_every_steps: int = Field(10, ge=1, description="optimiser steps between logged training-loss points")
     # TEST HOOK (leave None in real configs): the worker of rank `fail_rank` fails once, right after optimiser step
     # `fail_at_step`, by raising ("raise") or by killing its process ("exit"); a marker file in the run folder
     # keeps the restarted worker from failing again.  Used to test resuming from checkpoints.
-    fail_at_step: int | None = Field(None, ge=1)
-    fail_mode: Literal["raise", "exit"] = "exit"
-    fail_rank: int = Field(0, ge=0)
+    fail_at_step: int | None = Field(None, ge=1, description="TEST HOOK: optimiser step after which one worker "
+                                     "fails once; None = never")
+    fail_mode: Literal["raise", "exit"] = Field("exit", description="TEST HOOK: the worker raises or kills its "
+                                                "process")
+    fail_rank: int = Field(0, ge=0, description="TEST HOOK: rank of the worker that fails")
 
 
 class TrackingConfig(_Section):
     """MLflow tracking (rank 0 only; never fatal)."""
 
-    tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or a local ./mlruns store")
-    experiment: str = "def-ray"
-    enabled: bool = True
-    http_timeout_s: float = Field(5.0, gt=0, description="per request; an unreachable server is given up quickly")
-    http_retries: int = Field(0, ge=0)
-    open_timeout_s: float = Field(30.0, gt=0, description="per request while the driver opens the run (a cold "
+    tracking_uri: str | None = Field(None, description="MLflow tracking server URI; None = MLFLOW_TRACKING_URI or a "
+                                                "local ./mlruns store")
+    experiment: str = Field("def-ray", description="MLflow experiment the runs go to (created if missing)")
+    enabled: bool = Field(True, description="log to MLflow; False = no tracking")
+    http_timeout_s: float = Field(5.0, gt=0, description="seconds per MLflow request; an unreachable server is given "
+                                  "up quickly")
+    http_retries: int = Field(0, ge=0, description="retries of a failed MLflow request (at least 1 while the run "
+                              "opens)")
+    open_timeout_s: float = Field(30.0, gt=0, description="seconds per request while the driver opens the run (a cold "
                                                           "server answers its first calls slowly)")
 
 
 class ForecastConfig(_Section):
     """The ensemble forecast batch job and its products."""
 
-    members: int = Field(50, ge=1)
-    lead_hours: int = Field(1, ge=1)
-    thresholds: list[float] = Field(default_factory=lambda: [20.0, 35.0, 40.0, 50.0])
+    members: int = Field(50, ge=1, description="ensemble size (members drawn per forecast)")
+    lead_hours: int = Field(1, ge=1, description="forecast length (hours; a whole number of the model's steps)")
+    thresholds: list[float] = Field(default_factory=lambda: [20.0, 35.0, 40.0, 50.0], description="exceedance-"
+                                    "probability thresholds, in the target's units (dBZ for refc)")
     sampler: SamplerConfig = SamplerConfig()
-    seed: int = 0
-    num_actors: int = Field(2, ge=1)
-    out: str = "forecasts/forecast.zarr"
-    storage: StorageOptions = StorageOptions()
-    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
+    seed: int = Field(0, description="seed of the members' noise (member k's noise comes from (seed, k))")
+    num_actors: int = Field(2, ge=1, description="Ray actors sampling chunks of members in parallel")
+    out: str = Field("forecasts/forecast.zarr", description="output .zarr or .nc, local or s3:// (PNG maps go to "
+                     "<name>_maps beside it)")
+    storage: StorageOptions = Field(StorageOptions(), description="object-store options for out (endpoint_url, "
+                                    "anon, region)")
+    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9], description="member quantiles "
+                                   "written (fractions in [0, 1])")
     cpus_per_actor: float = Field(1, gt=0, description="CPUs reserved by each batch-job sampling actor")
-    gpus_per_actor: float | None = Field(None, ge=0, description="None = 1 when the cluster has GPUs, else 0")
-    init_time: datetime | None = Field(None, description="None = the last committed time of the store")
+    gpus_per_actor: float | None = Field(None, ge=0, description="GPUs reserved by each batch-job sampling actor; "
+                                         "None = 1 when the cluster has GPUs, else 0")
+    init_time: datetime | None = Field(None, description="init time (UTC); None = the last committed time of the "
+                                             "store")
     map_members: int = Field(4, ge=0, description="members drawn on the PNG maps")
 
     @field_validator("quantiles")
@@ -353,45 +409,60 @@ class ForecastConfig(_Section):
 class ServeConfig(_Section):
     """The Ray Serve HTTP endpoint: replicas, limits, access."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    sampler_replicas: int = Field(2, ge=1)
-    gpus_per_replica: float = Field(0, ge=0)
-    max_members: int = Field(200, ge=1)
-    max_steps: int = Field(1000, ge=1)
-    max_ongoing_requests: int = Field(4, ge=1)
-    max_queued_requests: int = Field(8, ge=0)
-    request_timeout_s: float = Field(120, gt=0)
-    api_key_env: str = "DEF_RAY_API_KEY"
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    host: str = Field("127.0.0.1", description="address the HTTP proxy listens on (127.0.0.1 = this machine only, "
+                      "0.0.0.0 = every interface)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the HTTP proxy")
+    sampler_replicas: int = Field(2, ge=1, description="EnsembleSampler replicas (a request's members are split "
+                                  "among them)")
+    gpus_per_replica: float = Field(0, ge=0, description="GPUs reserved by each EnsembleSampler replica "
+                                    "(fractions share one; 0 = CPU)")
+    max_members: int = Field(200, ge=1, description="largest ensemble a request may ask for")
+    max_steps: int = Field(1000, ge=1, description="most sampler steps a request may ask for (also capped by the "
+                           "model's T)")
+    max_ongoing_requests: int = Field(4, ge=1, description="requests each sampler replica works on at once")
+    max_queued_requests: int = Field(8, ge=0, description="requests waiting per sampler replica; beyond "
+                                     "replicas x (ongoing + queued) the app answers 503")
+    request_timeout_s: float = Field(120, gt=0, description="seconds a request may take from its receipt "
+                                     "(waiting included); then 504 and its sampling is cancelled")
+    api_key_env: str = Field("DEF_RAY_API_KEY", description="environment variable holding the API key; unset "
+                             "or empty = no key needed")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body (bytes); larger "
+                                "answers 413")
     cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved by each EnsembleSampler replica")
     ingress_cpus: float = Field(0.5, ge=0, description="CPUs reserved by the ForecastIngress replica")
-    route_prefix: str = "/"
-    max_lead_hours: int = Field(48, ge=1, description="longest lead a request may ask for")
+    route_prefix: str = Field("/", description="URL path prefix the app is served under")
+    max_lead_hours: int = Field(48, ge=1, description="longest lead a request may ask for (hours)")
 
 
 class VerifyConfig(_Section):
     """Which cases and scores `def-ray verify` computes."""
 
-    split: Literal["train", "val", "test"] = "test"
-    max_cases: int = Field(24, ge=1)
-    members: int | None = Field(None, ge=2, description="None = forecast.members")
-    lead_steps: int = Field(1, ge=1)
-    thresholds: list[float] | None = Field(None, description="None = forecast.thresholds")
-    scales: list[int] = Field(default_factory=lambda: [1, 3, 9, 17], description="FSS neighbourhoods (points)")
+    split: Literal["train", "val", "test"] = Field("test", description="data split whose init times are "
+                                                   "verified")
+    max_cases: int = Field(24, ge=1, description="most init times verified (evenly thinned over the split)")
+    members: int | None = Field(None, ge=2, description="ensemble size of the verified model and STEPS "
+                                               "forecasts; None = forecast.members")
+    lead_steps: int = Field(1, ge=1, description="leads verified: 1..lead_steps steps of data.dt_steps store "
+                            "steps (hours for an hourly store)")
+    thresholds: list[float] | None = Field(None, description="event thresholds of the probability scores, in the "
+                                           "target's units (dBZ for refc); None = forecast.thresholds")
+    scales: list[int] = Field(default_factory=lambda: [1, 3, 9, 17], description="FSS neighbourhood edges "
+                              "(grid points)")
     baselines: list[Literal["persistence", "extrapolation", "steps"]] = Field(
-        default_factory=lambda: ["persistence", "extrapolation", "steps"])
+        default_factory=lambda: ["persistence", "extrapolation", "steps"], description="reference forecasts "
+        "scored beside the models: persistence, Lucas-Kanade advection, pysteps STEPS ensemble")
     rain_threshold: float | None = Field(None, description="pysteps rain/no-rain threshold; None = 10 dBZ or 0.1 mm/h")
-    km_per_pixel: float = Field(3.0, gt=0)
-    tile: int | None = Field(None, ge=8, description="verify on every tile x tile square of the grid that is inside "
+    km_per_pixel: float = Field(3.0, gt=0, description="grid spacing (km): STEPS' scales, FSS and spectrum "
+                                "axes in km")
+    tile: int | None = Field(None, ge=8, description="verify on every tile x tile square (grid points) that is inside "
                              "radar coverage over the whole window and rainy at the init time (None = whole grid)")
     min_rain_fraction: float = Field(0.01, ge=0, le=1, description="a tile is rainy when this fraction of it is at or "
                                      "above 1 mm (rain) or 20 dBZ at the init time")
-    out: str = "verification"
+    out: str = Field("verification", description="folder the verification report (scores, plots) is written to")
 
 
 class Config(_Section):
-    name: str = "def-ray"
+    name: str = Field("def-ray", description="experiment name, shown in map and verification titles")
     synth: SynthConfig = SynthConfig()
     fetch: FetchConfig = FetchConfig()
     mrms: MrmsConfig = MrmsConfig()
