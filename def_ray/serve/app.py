@@ -1,5 +1,8 @@
 """The Ray Serve app: a FastAPI ingress that fans ensemble members out to EnsembleSampler replicas.
 
+    GET  /           the page for forecasters (page.py, static/index.html): pick init time, lead, threshold; see
+                     the probability map, the ensemble mean and a loop of the members
+    GET  /options    what a request may ask for: the store's usable init times, leads, variables, defaults
     POST /forecast   JSON in (schema.ForecastRequest); summary JSON or a NetCDF-4 file out
     GET  /healthz    liveness of the ingress (the sampler replicas check themselves with a tiny forward pass)
     GET  /docs       OpenAPI UI (schema at /openapi.json)
@@ -22,8 +25,8 @@ request not done by then answers the app's own 504 (JSON naming the limit) and c
 cancelled call stops at the next network evaluation: a forward pre-hook checks a per-call flag).  run_serve sets
 the HTTP proxy's own limit above the app's (proxy_timeout_s), so clients get the app's 504, not the proxy's 408.
 
-With the environment variable named by serve.api_key_env set when the app is built, requests other than /healthz
-and /docs need the key (header X-API-Key or `Authorization: Bearer KEY`) and get 401 without it; bodies over
+With the environment variable named by serve.api_key_env set when the app is built, requests other than /healthz,
+/docs and the page need the key (the page asks for it and sends it) (header X-API-Key or `Authorization: Bearer KEY`) and get 401 without it; bodies over
 serve.max_body_bytes get 413.
 
 Deploy: `def-ray serve --config CFG --model CKPT` (run_serve), or `serve run/deploy cluster/serve_config.yaml`
@@ -50,8 +53,9 @@ from def_ray.config import (Config, ConfigError, ServeConfig, config_from_dict, 
 from def_ray.data.normalise import Normaliser
 from def_ray.forecast.forecaster import ForecastError, Forecaster, load_for_config
 from def_ray.forecast.members import member_ranges
-from def_ray.serve.answer import cropped_projection, summary
+from def_ray.serve.answer import check_member_values, cropped_projection, summary
 from def_ray.serve.http import RECEIVED, SafeJSONResponse, api, error, key_hash, problem
+from def_ray.serve.page import options as request_options, page_headers, page_html
 from def_ray.serve.sampler import EnsembleSampler, SamplingCancelled
 from def_ray.serve.schema import ForecastRequest, RequestProblem, index_box
 
@@ -125,6 +129,19 @@ class ForecastIngress:
         http_module.GUARD.update(api_key_hash=api_key_hash, max_body_bytes=self.cfg.serve.max_body_bytes)
 
     # -- endpoints -----------------------------------------------------------------------------------------------
+    @api.get("/", include_in_schema=False)
+    def page(self) -> Response:
+        """The page for forecasters: static, the same bytes for every request."""
+        return Response(content=page_html(), media_type="text/html; charset=utf-8", headers=page_headers())
+
+    @api.get("/options")
+    def what_to_ask(self) -> dict:
+        """What a forecast request may ask for: the store's usable init times (newest first), leads, variables,
+        default thresholds and members, the member limit."""
+        # a fresh handle, so steps ingested while the app runs are offered
+        store = type(self.store)(self.store.url, self.store.storage_options) if self.store is not None else None
+        return request_options(self.forecaster, self.cfg, store, self.step_s)
+
     @api.get("/healthz")
     def healthz(self) -> dict:
         return {"status": "ok", "model": self.forecaster.path, "targets": self.forecaster.targets,
@@ -159,6 +176,7 @@ class ForecastIngress:
             cond, plan["normaliser"], plan["store_url"] = await _by(deadline,
                                                                     asyncio.to_thread(self._conditioning, body))
             plan["box"] = index_box(body.bbox, tuple(cond.shape[-2:]), *self._latlon_for(cond.shape[-2:]))
+            check_member_values(body, plan["members"], plan["lead_steps"], len(plan["variables"]), plan["box"])
             ens = await self._sample(cond, plan, body.seed, deadline)
         except RequestProblem as p:
             return problem(p)

@@ -18,9 +18,10 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from def_ray.config import one_line
 from def_ray.serve.schema import RequestProblem
 
-__all__ = ["api", "GUARD", "PUBLIC_PATHS", "RECEIVED", "key_hash", "Guard", "SafeJSONResponse", "error", "problem"]
+__all__ = ["api", "GUARD", "PUBLIC_PATHS", "is_page", "RECEIVED", "key_hash", "Guard", "SafeJSONResponse", "error", "problem"]
 
 PUBLIC_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+"""Paths open without the API key (besides the page at the app's root, see is_page)."""
 RECEIVED = "def_ray.received"
 """ASGI scope key: time.monotonic() when the ingress received the request (the request timeout counts from it)."""
 
@@ -32,6 +33,13 @@ api = FastAPI(title="def_ray ensemble forecasts",
 
 # set by the ingress replica (one per process); Serve runs a copy of `api`, so app.state would not reach it
 GUARD: dict[str, Any] = {}
+
+
+def is_page(scope: Mapping[str, Any]) -> bool:
+    """GET of the app's root (the static page for forecasters), under whatever route_prefix Serve set as root_path."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", "")).rstrip("/")
+    rel = path[len(root):] if root and path.startswith(root) else path
+    return scope.get("method") in ("GET", "HEAD") and rel in ("", "/")
 
 
 def key_hash(key: str) -> str:
@@ -50,7 +58,7 @@ class Guard:
         scope[RECEIVED] = time.monotonic()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         expected = GUARD.get("api_key_hash")
-        if expected and not scope["path"].rstrip("/").endswith(PUBLIC_PATHS):
+        if expected and not scope["path"].rstrip("/").endswith(PUBLIC_PATHS) and not is_page(scope):
             given = headers.get("x-api-key") or ""
             auth = headers.get("authorization", "")
             if not given and auth.lower().startswith("bearer "):

@@ -158,6 +158,10 @@ class ForecastRequest(_Body):
     quantiles: list[float] | None = Field(None, min_length=1, max_length=32)
     bbox: BBox | None = None
     output: Literal["summary", "netcdf"] = Field("summary", description="summary JSON or a NetCDF-4 file")
+    include_members: bool = Field(False, description="summary JSON only: also the members themselves, per "
+                                                     "variable `members` (member, lead, y, x), as the page at "
+                                                     "GET / draws them; at most 4,000,000 values in all (use a "
+                                                     "bbox on large grids)")
 
     @field_validator("init_time")
     @classmethod
