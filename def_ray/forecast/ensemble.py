@@ -134,9 +134,12 @@ def regenerate_member(ds: xr.Dataset, member: int, *, store: ZarrStore | None = 
     fc = forecaster or Forecaster.load(a["checkpoint"], storage_options)
     store = store or ZarrStore(a["store"], storage_options)
     norm = Normaliser.from_dict(json.loads(a["normalisation"]), a["normalisation_source"])
-    options = SamplerConfig(name=a["sampler"], steps=int(a["steps"]), member_batch_size=int(a["member_batch_size"]),
-                            spread_scale=float(a["spread_scale"]), eta=float(a["eta"]),
-                            guidance=float(a.get("guidance", 1.0)))
+    if "sampler_options" in a:
+        options = SamplerConfig.model_validate_json(a["sampler_options"])
+    else:  # written before the forecasts recorded every sampler option
+        options = SamplerConfig(name=a["sampler"], steps=int(a["steps"]), member_batch_size=int(a["member_batch_size"]),
+                                spread_scale=float(a["spread_scale"]), eta=float(a["eta"]),
+                                guidance=float(a.get("guidance", 1.0)))
     out = fc.forecast(store, np.datetime64(a["init_time"]), 1, int(a["lead_hours"]), options, seed=int(a["seed"]),
                       member_offset=member, normaliser=norm)
     return out[0]

@@ -1,5 +1,7 @@
 """The batch job on the session's local Ray: members over actors, written once, reopened, regenerated."""
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -34,7 +36,7 @@ def test_job_writes_dataset_that_reopens_and_regenerates(ray_session, job_files,
     out = root / "fc.zarr"
     # 6 members in chunks of 4 over 2 actors; lead 2 h = two autoregressive steps
     rc = main(["--model", ckpt, "--config", str(cfg_path), "--members", "6", "--lead-hours", "2", "--out", str(out),
-               "--plot", "--no-progress", "-o", "forecast.seed=11"])
+               "--plot", "--no-progress", "-o", "forecast.seed=11", "-o", "forecast.sampler.probability_matching=true"])
     assert rc == 0, capsys.readouterr().err
     assert f"forecast: {out}" in capsys.readouterr().out
     ds = open_forecast(str(out)).load()
@@ -48,6 +50,7 @@ def test_job_writes_dataset_that_reopens_and_regenerates(ray_session, job_files,
         assert ds.attrs[key] == value, key
     assert str(ds["forecast_reference_time"].values.astype("datetime64[s]")) == str(store.committed_times()[-1])
     assert ds["latitude"].shape == (16, 16)
+    assert json.loads(ds.attrs["sampler_options"])["probability_matching"] is True  # every option is recorded
     # member 5 (sampled by the second actor, in the second chunk) regenerates bit for bit, in this process
     again = regenerate_member(ds, 5)
     np.testing.assert_array_equal(again[:, 0], ds["refc"].isel(member=5).values)
