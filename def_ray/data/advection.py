@@ -58,12 +58,13 @@ def optical_flow(past: np.ndarray, scale: Scale = "dbz", threshold: float = 10.0
     """Lucas-Kanade motion field (2, y, x) float32 in grid points per step, from at least two past frames."""
     import warnings
 
-    from pysteps import motion
+    with quiet_pysteps():
+        from pysteps import motion
 
     field, _, _ = to_log_scale(past, scale, threshold)
     with quiet_pysteps(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Singular matrix during outlier detection")
-        flow = motion.get_method("LK")(field)
+        flow = motion.get_method("LK")(field, interp_kwargs={"nchunks": 1})  # see estimate_motion: call-order free
     return np.nan_to_num(np.asarray(flow, dtype=np.float32))
 
 
@@ -74,10 +75,12 @@ def estimate_motion(past: np.ndarray, variable: str, stride: int = 8) -> np.ndar
     onto every point was 2/3 of the cost of a training window."""
     import warnings
 
-    from pysteps import motion
-    from pysteps.utils.cleansing import decluster
-    from pysteps.utils.interpolate import idwinterp2d
     from scipy.ndimage import map_coordinates
+
+    with quiet_pysteps():
+        from pysteps import motion
+        from pysteps.utils.cleansing import decluster
+        from pysteps.utils.interpolate import idwinterp2d
 
     scale, threshold = ("rainrate", 0.1) if lookup(variable).precipitation else ("dbz", 10.0)
     field, _, _ = to_log_scale(past, scale, threshold)
