@@ -432,6 +432,14 @@ class ServeConfig(_Section):
     ingress_cpus: float = Field(0.5, ge=0, description="CPUs reserved by the ForecastIngress replica")
     route_prefix: str = Field("/", description="URL path prefix the app is served under")
     max_lead_hours: int = Field(48, ge=1, description="longest lead a request may ask for (hours)")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="seconds a sampler replica holds a new sampling "
+                                        "job open for other calls of the same forecast (same conditioning, lead, "
+                                        "sampler options, seed) to join one shared pass")
+    sampler_max_replicas: int | None = Field(None, ge=1, description="autoscale the EnsembleSampler deployment "
+                                             "between 1 and this many replicas, starting at sampler_replicas; "
+                                             "None = a fixed sampler_replicas")
+    target_ongoing_requests: float = Field(2, gt=0, description="sampler calls per replica the autoscaler aims "
+                                           "at (with sampler_max_replicas)")
 
 
 class VerifyConfig(_Section):

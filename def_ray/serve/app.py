@@ -11,7 +11,10 @@ ForecastIngress validates the request, builds the normalised conditioning (from 
 from inline frames), splits the members into at most one contiguous range per sampler replica (ranges start on
 multiples of the member batch size, as the batch job's chunks do) and calls ``EnsembleSampler.sample`` through a
 deployment handle for each range with its ``member_offset``, so the members are those of the batch job for the
-same seed; then it combines them and computes the products.
+same seed; then it combines them and computes the products.  Concurrent requests for the same forecast share
+their sampler calls (identical member ranges here, overlapping ones in the replicas: sampler.py), each still getting
+exactly its own members.  Metrics: def_ray_forecast_requests and def_ray_forecast_seconds by HTTP status,
+def_ray_forecast_active_requests, def_ray_ingress_shared_calls (the samplers' in sampler.py).
 
 Malformed requests: every one answers 4xx with JSON naming the input at fault (`field`, `detail`), never 500:
 NaN, Infinity and overflowing numbers are refused by the schema, error answers never echo raw input back (JSON
@@ -39,6 +42,7 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -56,11 +60,11 @@ from def_ray.forecast.members import member_ranges
 from def_ray.serve.answer import check_member_values, cropped_projection, summary
 from def_ray.serve.http import RECEIVED, SafeJSONResponse, api, error, key_hash, problem
 from def_ray.serve.page import options as request_options, page_headers, page_html
-from def_ray.serve.sampler import EnsembleSampler, SamplingCancelled
+from def_ray.serve.sampler import EnsembleSampler, SamplingCancelled, cond_digest
 from def_ray.serve.schema import ForecastRequest, RequestProblem, index_box
 
 __all__ = ["EnsembleSampler", "ForecastIngress", "forecast_app", "build_app", "run_serve", "SamplingCancelled",
-           "ingress_limits", "proxy_timeout_s", "check_serve_inputs"]
+           "ingress_limits", "proxy_timeout_s", "check_serve_inputs", "sampler_scaling"]
 
 PROXY_MARGIN_S = 10.0
 """How far the HTTP proxy's own request timeout stays above serve.request_timeout_s."""
@@ -103,6 +107,31 @@ async def _by(deadline: float, awaitable: Any) -> Any:
         raise _Late from None
 
 
+async def _shared_call(shared: dict[tuple, dict[str, Any]], key: tuple, make: Any, counter: Any = None) -> Any:
+    """The result of the call in flight under `key`, or of a new one made by `make()`; the call is cancelled when
+    the last caller waiting for it is."""
+    entry = shared.get(key)
+    if entry is None:
+        call = make()
+
+        async def wait() -> Any:
+            return await call
+
+        entry = shared[key] = {"task": asyncio.ensure_future(wait()), "call": call, "users": 0}
+        entry["task"].add_done_callback(lambda t: t.cancelled() or t.exception())
+        entry["task"].add_done_callback(lambda _: shared.pop(key) if shared.get(key) is entry else None)
+    elif counter is not None:
+        counter.inc()
+    entry["users"] += 1
+    try:
+        return await asyncio.shield(entry["task"])
+    finally:
+        entry["users"] -= 1
+        if entry["users"] == 0 and not entry["task"].done():
+            entry["call"].cancel()
+            entry["task"].cancel()
+
+
 @serve.deployment(name="ForecastIngress")
 @serve.ingress(api)
 class ForecastIngress:
@@ -127,6 +156,19 @@ class ForecastIngress:
         import def_ray.serve.http as http_module
 
         http_module.GUARD.update(api_key_hash=api_key_hash, max_body_bytes=self.cfg.serve.max_body_bytes)
+        # custom metrics (Prometheus / the Ray dashboard, prefixed ray_); the samplers' are in sampler.py
+        from ray.serve import metrics  # ray.util.metrics tagged with deployment, replica, application
+
+        self.m_requests = metrics.Counter("def_ray_forecast_requests", description="POST /forecast answers, by "
+                                          "HTTP status", tag_keys=("status",))
+        self.m_seconds = metrics.Histogram("def_ray_forecast_seconds", description="seconds from receiving a "
+                                           "POST /forecast to its answer, by HTTP status", tag_keys=("status",),
+                                           boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300])
+        self.m_active = metrics.Gauge("def_ray_forecast_active_requests", description="POST /forecast requests "
+                                      "the ingress is working on (its queue for the samplers)")
+        self.m_shared = metrics.Counter("def_ray_ingress_shared_calls", description="sampler calls a request "
+                                        "shared with a concurrent identical one instead of making its own")
+        self.m_active.set(0)
 
     # -- endpoints -----------------------------------------------------------------------------------------------
     @api.get("/", include_in_schema=False)
@@ -153,7 +195,18 @@ class ForecastIngress:
         422: {"description": "invalid request; `field` names the input at fault"},
         503: {"description": "overloaded, try again later"}, 504: {"description": "request timed out"}})
     async def forecast(self, body: ForecastRequest, request: Request) -> Any:
-        deadline = request.scope.get(RECEIVED, time.monotonic()) + self.cfg.serve.request_timeout_s
+        received = request.scope.get(RECEIVED, time.monotonic())
+        self.m_active.set(self.active + 1)
+        try:
+            answer = await self._forecast(body, received + self.cfg.serve.request_timeout_s)
+        finally:
+            self.m_active.set(self.active)
+        status = {"status": str(getattr(answer, "status_code", 200))}
+        self.m_requests.inc(tags=status)
+        self.m_seconds.observe(time.monotonic() - received, tags=status)
+        return answer
+
+    async def _forecast(self, body: ForecastRequest, deadline: float) -> Any:
         if self.active >= self.admitted:
             return self._overloaded(f"{self.active} requests in progress, as many as this app admits")
         self.active += 1
@@ -189,12 +242,31 @@ class ForecastIngress:
     async def _sample(self, cond: np.ndarray, plan: Mapping[str, Any], seed: int, deadline: float) -> np.ndarray:
         """The members, one contiguous range per sampler replica; every call is cancelled if any fails or time
         runs out. The conditioning goes into Ray's object store once per forecast and every call gets its
-        reference (the replicas read it from the store; about 230 MB at full CONUS is not sent with each call)."""
+        reference (the replicas read it from the store; about 230 MB at full CONUS is not sent with each call).
+
+        Concurrent requests for the same forecast share their calls: a range whose (conditioning digest, lead,
+        sampler options, seed, normaliser, members) equals one in flight waits for that call instead of making its
+        own (which is cancelled only when every request waiting for it is); the sampler replicas share overlapping
+        ranges too (sampler.py)."""
         options = plan["options"]
         ranges = member_ranges(plan["members"], self.cfg.serve.sampler_replicas, options.member_batch_size)
-        cond_ref = await asyncio.to_thread(ray.put, cond)
-        calls = [self.sampler.sample.remote(cond_ref, count, plan["lead_steps"], options, seed, offset,
-                                            plan["normaliser"]) for offset, count in ranges]
+        digest = await asyncio.to_thread(cond_digest, cond)
+        forecast = (digest, plan["lead_steps"], options.model_dump_json(), seed, repr(plan["normaliser"]))
+        shared = self.__dict__.setdefault("_shared_calls", {})
+        keys = [(*forecast, offset, count) for offset, count in ranges]
+        ref: list[Any] = []
+        if any(k not in shared for k in keys):
+            ref.append(await asyncio.to_thread(ray.put, cond))
+
+        def make(offset: int, count: int) -> Any:
+            if not ref:  # every call was in flight when this request looked, and one finished since
+                ref.append(ray.put(cond))
+            return self.sampler.sample.remote(ref[0], count, plan["lead_steps"], options, seed, offset,
+                                              plan["normaliser"])
+
+        calls = [asyncio.ensure_future(_shared_call(shared, k, partial(make, offset, count),
+                                                    getattr(self, "m_shared", None)))
+                 for k, (offset, count) in zip(keys, ranges)]
         try:
             parts = await _by(deadline, asyncio.gather(*calls))
         except BaseException:
@@ -284,6 +356,20 @@ class ForecastIngress:
 # -- building and running the app -----------------------------------------------------------------------------------
 
 
+def sampler_scaling(sv: ServeConfig) -> dict[str, Any]:
+    """The EnsembleSampler deployment's replica options: a fixed serve.sampler_replicas, or with
+    serve.sampler_max_replicas an autoscaling_config from 1 to that many, starting at serve.sampler_replicas and
+    aiming at serve.target_ongoing_requests calls per replica."""
+    if sv.sampler_max_replicas is None:
+        return {"num_replicas": sv.sampler_replicas}
+    if sv.sampler_max_replicas < sv.sampler_replicas:
+        raise ConfigError(f"serve.sampler_max_replicas={sv.sampler_max_replicas} is below serve.sampler_replicas="
+                          f"{sv.sampler_replicas} (the replicas it starts with)")
+    return {"autoscaling_config": {"min_replicas": 1, "initial_replicas": sv.sampler_replicas,
+                                   "max_replicas": sv.sampler_max_replicas,
+                                   "target_ongoing_requests": sv.target_ongoing_requests}}
+
+
 def forecast_app(cfg: Config, model_uri: str, api_key: str | None = None) -> serve.Application:
     """The bound app for `cfg` and a checkpoint; the API key defaults to the env var named by serve.api_key_env."""
     from def_ray.data.ray_dataset import resolve_storage_options
@@ -301,10 +387,10 @@ def forecast_app(cfg: Config, model_uri: str, api_key: str | None = None) -> ser
         model_uri = pin_model_uri(model_uri, tracking)
         runtime_env = {"runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": tracking}}}
     sampler = EnsembleSampler.options(
-        num_replicas=sv.sampler_replicas, max_ongoing_requests=sv.max_ongoing_requests,
+        **sampler_scaling(sv), max_ongoing_requests=sv.max_ongoing_requests,
         max_queued_requests=sv.max_queued_requests,
         ray_actor_options={"num_cpus": sv.cpus_per_replica, "num_gpus": sv.gpus_per_replica, **runtime_env},
-    ).bind(model_uri, opts, max(1, int(sv.cpus_per_replica)))
+    ).bind(model_uri, opts, max(1, int(sv.cpus_per_replica)), sv.batch_wait_timeout_s)
     # the ingress admits what all sampler replicas together can hold and answers the rest 503 itself, from slots
     # above that (ingress_limits)
     _, slots, queue = ingress_limits(sv)
