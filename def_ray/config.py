@@ -263,11 +263,13 @@ class ModelConfig(_Section):
 class SamplerConfig(_Section):
     """How ensemble members are drawn from a trained diffusion model."""
 
-    name: Literal["ddpm", "ddim", "dpmpp"] = Field(
-        "dpmpp", description="sampler: 'ddpm' ancestral (stochastic), 'ddim', 'dpmpp' DPM-Solver++ (deterministic "
-        "given the initial noise)")
-    steps: int | None = Field(20, ge=1, description="denoising steps (network evaluations) per member; None = all "
-                                  "T for ddpm, 20 for ddim/dpmpp")
+    name: Literal["ddpm", "ddim", "dpmpp", "dpmpp3m", "unipc", "heun2"] = Field(
+        "unipc", description="sampler: 'ddpm' ancestral (stochastic), 'ddim', 'dpmpp' DPM-Solver++ 2M, 'dpmpp3m' "
+        "DPM-Solver++ 3M, 'unipc' UniPC, 'heun2' Heun 2nd order (2 passes a step; the last 1) (the solvers are "
+        "deterministic given the initial noise; benchmarks/bench_samplers.py compares them)")
+    steps: int | None = Field(10, ge=1, description="denoising steps (network evaluations) per member; None = all "
+                                  "T for ddpm, 20 for the others. Default unipc 10 = half the passes of dpmpp 20 at "
+                                  "its CRPS (benchmarks/README.md, issue 19)")
     member_batch_size: int = Field(10, ge=1, description="members sampled together in one network batch (memory "
                                    "vs speed; the members do not depend on it)")
     spread_scale: float = Field(1.0, gt=0, description="scales the sampling noise (initial and per-step); 1 = "

@@ -12,8 +12,27 @@ the last bits between member batch sizes (not checked: no GPU in CI).
 
 Spread control (``spread_scale`` = s, default 1 = the faithful sampler): the initial noise is x_T = s * z_T and
 every stochastic update becomes x_prev = mean(x_t) + s * sigma_t * z_t ("ddpm", and "ddim" with eta > 0).
-Deterministic solvers ("dpmpp", "ddim" with eta = 0) have no per-step noise, so for them only x_T is scaled.
+Deterministic solvers ("dpmpp", "dpmpp3m", "unipc", "heun2", "ddim" with eta = 0) have no per-step noise, so for
+them only x_T is scaled.
 s > 1 widens the ensemble, s < 1 narrows it; calibrate s on validation data.
+
+Higher-order solvers (issue 19 item 2; benchmarks/bench_samplers.py compares them at 4-20 steps): "dpmpp" is
+DPM-Solver++ 2M (multistep, solver_order=2); "dpmpp3m" the same with solver_order=3; "unipc" UniPC (Zhao et al.
+2023: a multistep predictor plus a corrector that reuses the next step's network output, so still one network pass
+per step; bh2, solver_order=2); "heun2" is the EDM / Karras et al. (2022) Heun 2nd-order step in sigma space on the
+model's own discrete noise levels (diffusers' HeunDiscreteScheduler, "trailing" spacing so every network call is at
+a trained integer timestep): two passes per step but the last (2 x steps - 1). All take the network's epsilon
+prediction on the training betas unchanged. Heun fits that cleanly but does badly at few steps here: the cosine
+schedule's first noise level is sigma_max = sqrt(1 / alpha_bar_(T-1) - 1) ~ 4000 (betas clipped at 0.999), and
+Heun's trapezoid in linear sigma over the first jump (4000 -> ~3 at 10 steps) is far off; EDM avoids it with
+Karras-spaced sigmas (use_karras_sigmas) and sigma_max = 80, which put the network at fractional timesteps it was
+never trained on (its timestep is a long integer). Measured on the known-answer problem (benchmarks/README.md): at
+19 passes CRPS 1.4x (exact denoiser) and 9x (tiny trained model) dpmpp 20's; within 1 % only at 39 passes with the
+exact denoiser. Offered for comparison, not recommended. EDM's own schedulers (EDMEuler / EDMDPMSolverMultistep)
+expect EDM's preconditioned network (c_skip / c_out / c_noise = log(sigma) / 4), not this model's epsilon, so they
+are not offered. SamplerConfig's default is "unipc" with 10 steps: the CRPS of "dpmpp" 20 steps (the previous
+default) within 0.2 % with half the passes (tests/models/diffusion/test_higher_order_samplers.py checks it on a tiny
+trained model).
 
 Tiled sampling (``tile`` = T, ``tile_overlap`` = O; off by default): for grids whose activations do not fit in
 memory, only the *network call* is tiled; the noise, the solver state x_t and the DPM-Solver history stay whole-frame.
@@ -57,13 +76,44 @@ from typing import Any
 import numpy as np
 import torch
 
-from def_ray.models.diffusion.schedule import SAMPLERS, sampling_scheduler
+from diffusers import DPMSolverMultistepScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler
+
+from def_ray.models.diffusion.schedule import SAMPLERS, sampling_scheduler, training_scheduler
 from def_ray.models.unet import batch_invariant
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(x_t (b, C_t, H, W), timestep (0-d long tensor), cond (b, C_cond, H, W)) -> predicted noise (b, C_t, H, W)."""
 
 DEFAULT_FAST_STEPS = 20
+
+HIGHER_ORDER_SAMPLERS: tuple[str, ...] = ("dpmpp3m", "unipc", "heun2")
+SAMPLER_NAMES: tuple[str, ...] = (*SAMPLERS, *HIGHER_ORDER_SAMPLERS)
+"""Every name ``sample_ensemble`` takes: schedule.SAMPLERS and the higher-order solvers built here."""
+_SOLVERS = ("dpmpp", *HIGHER_ORDER_SAMPLERS)  # deterministic given x_T: no per-step noise, ignore eta
+
+
+def solver_scheduler(name: str, timesteps: int) -> Any:
+    """A fresh (stateful) scheduler for `name` on the training betas: schedule.sampling_scheduler's names, and the
+    higher-order solvers (module docstring)."""
+    if name in SAMPLERS:
+        return sampling_scheduler(name, timesteps)
+    common = dict(num_train_timesteps=timesteps, trained_betas=training_scheduler(timesteps).betas.numpy(),
+                  prediction_type="epsilon")
+    if name == "dpmpp3m":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=3,
+                                           lower_order_final=True)
+    if name == "unipc":
+        return UniPCMultistepScheduler(**common, solver_order=2, solver_type="bh2", predict_x0=True,
+                                       lower_order_final=True)
+    if name == "heun2":
+        return HeunDiscreteScheduler(**common, timestep_spacing="trailing")
+    raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLER_NAMES}")
+
+
+def network_passes(sampler: str, steps: int) -> int:
+    """Network evaluations per member of `steps` steps of `sampler` (x2 with guidance != 1): steps, but Heun's
+    2 x steps - 1."""
+    return 2 * steps - 1 if sampler == "heun2" else steps
 
 
 def _seed_int(*keys: int) -> int:
@@ -86,8 +136,8 @@ def lead_seed(seed: int, lead: int) -> int:
 
 def resolve_steps(sampler: str, steps: int | None, timesteps: int) -> int:
     """None -> all T steps for "ddpm", DEFAULT_FAST_STEPS for the fast samplers; checks 1 <= steps <= T."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if sampler not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLER_NAMES}")
     if steps is None:
         steps = timesteps if sampler == "ddpm" else min(DEFAULT_FAST_STEPS, timesteps)
     if not 1 <= steps <= timesteps:
@@ -211,7 +261,9 @@ def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, memb
 
     ``cond`` is (C_cond, H, W) or (1, C_cond, H, W) shared by all members, or (members, C_cond, H, W) with one
     condition per member (autoregressive rollout). Members go through the network ``member_batch_size`` at a time.
-    ``eta`` is DDIM's stochasticity (0 = deterministic DDIM; ignored by "ddpm", which is eta = 1, and "dpmpp").
+    ``eta`` is DDIM's stochasticity (0 = deterministic DDIM; ignored by "ddpm", which is eta = 1, and by the
+    deterministic solvers "dpmpp", "dpmpp3m", "unipc", "heun2"). ``steps`` are solver steps: one network pass each
+    (``network_passes``: Heun two, but the last).
     ``guidance`` w != 1 evaluates the denoiser also without conditioning (zeros) in the same pass and uses
     eps_u + w (eps_c - eps_u); w = 1 is the plain conditional denoiser (no extra pass).
     ``tile`` / ``tile_overlap``: evaluate the denoiser on overlapping tiles blended at every step (module docstring);
@@ -267,13 +319,15 @@ def _sample_batch(denoiser: Denoiser, timesteps: int, c: torch.Tensor, gens: lis
                   shape: tuple[int, ...], sampler: str, steps: int, spread_scale: float, eta: float) -> torch.Tensor:
     device = c.device
     step_eta = 1.0 if sampler == "ddpm" else eta
-    stochastic = sampler != "dpmpp" and step_eta > 0
-    scheduler = sampling_scheduler(sampler, timesteps)  # fresh: DPM-Solver++ keeps the previous outputs
+    stochastic = sampler not in _SOLVERS and step_eta > 0
+    scheduler = solver_scheduler(sampler, timesteps)  # fresh: multistep solvers keep the previous outputs
     scheduler.set_timesteps(steps, device=device)
     x = spread_scale * _noise(gens, shape, device) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        eps = denoiser(scheduler.scale_model_input(x, t), t.to(device=device, dtype=torch.long), c).float()
-        if sampler == "dpmpp":
+        # Heun's timesteps are whole numbers held as floats: round, do not truncate
+        t_net = (t.round() if t.is_floating_point() else t).to(device=device, dtype=torch.long)
+        eps = denoiser(scheduler.scale_model_input(x, t), t_net, c).float()
+        if sampler in _SOLVERS:
             x = scheduler.step(eps, t, x).prev_sample
         elif stochastic:
             z = spread_scale * _noise(gens, shape, device)  # drawn also at the last step: a fixed draw order
