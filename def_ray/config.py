@@ -260,10 +260,14 @@ class ModelConfig(_Section):
         return self
 
 
+SamplerName = Literal["ddpm", "ddim", "dpmpp", "dpmpp3m", "unipc", "heun2"]
+"""The samplers def_ray.models.diffusion.samplers offers (the config and the Serve schema both accept these)."""
+
+
 class SamplerConfig(_Section):
     """How ensemble members are drawn from a trained diffusion model."""
 
-    name: Literal["ddpm", "ddim", "dpmpp", "dpmpp3m", "unipc", "heun2"] = Field(
+    name: SamplerName = Field(
         "unipc", description="sampler: 'ddpm' ancestral (stochastic), 'ddim', 'dpmpp' DPM-Solver++ 2M, 'dpmpp3m' "
         "DPM-Solver++ 3M, 'unipc' UniPC, 'heun2' Heun 2nd order (2 passes a step; the last 1) (the solvers are "
         "deterministic given the initial noise; benchmarks/bench_samplers.py compares them)")
@@ -274,7 +278,7 @@ class SamplerConfig(_Section):
                                    "vs speed; the members do not depend on it)")
     spread_scale: float = Field(1.0, gt=0, description="scales the sampling noise (initial and per-step); 1 = "
                                 "faithful, > 1 wider ensemble")
-    eta: float = Field(0.0, ge=0, le=1, description="DDIM stochasticity (0 = deterministic); ignored by ddpm/dpmpp")
+    eta: float = Field(0.0, ge=0, le=1, description="DDIM stochasticity (0 = deterministic); ignored by every other sampler")
     guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale w: eps = eps(no cond) + w (eps(cond) - "
                             "eps(no cond)); 1 = the conditional model, 0 = unconditional, > 1 sharper and narrower "
                             "(needs a model trained with model.cond_dropout > 0)")

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from def_ray.config import SamplerName
+
 __all__ = ["RequestProblem", "Conditioning", "BBox", "ForecastRequest", "index_box", "MAX_CONDITIONING_VALUES"]
 
 MAX_CONDITIONING_VALUES = 2**28
@@ -147,7 +149,7 @@ class ForecastRequest(_Body):
     conditioning: Conditioning | None = Field(None, description="inline past frames instead of an init_time")
     lead_hours: int | None = Field(None, ge=1, description="hours ahead; a whole number of model steps")
     members: int | None = Field(None, ge=1, description="ensemble size, at most serve.max_members")
-    sampler: Literal["ddpm", "ddim", "dpmpp"] | None = None
+    sampler: SamplerName | None = None
     steps: int | None = Field(None, ge=1, description="sampler steps, at most min(serve.max_steps, model T)")
     seed: int = Field(0, ge=0, le=2**62, description="member k draws its noise from (seed, k)")
     spread_scale: float | None = Field(None, gt=0, le=10)

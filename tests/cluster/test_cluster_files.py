@@ -197,7 +197,9 @@ def test_serve_config_matches_its_project_config():
     cfg = _serve_args_config(app)
     deps = {d["name"]: d for d in app["deployments"]}
     sampler, ingress = deps["EnsembleSampler"], deps["ForecastIngress"]
-    assert sampler["num_replicas"] == cfg.serve.sampler_replicas
+    # autoscaled in production: Serve takes initial_replicas instead of a fixed num_replicas
+    assert sampler.get("num_replicas", sampler.get("autoscaling_config", {}).get("initial_replicas")) == \
+        cfg.serve.sampler_replicas
     assert sampler["ray_actor_options"]["num_gpus"] == cfg.serve.gpus_per_replica
     assert sampler["max_ongoing_requests"] == cfg.serve.max_ongoing_requests
     assert sampler["max_queued_requests"] == cfg.serve.max_queued_requests
