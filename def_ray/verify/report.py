@@ -92,13 +92,18 @@ def rainy_tiles(store: ZarrStore, variable: str, init_indices: np.ndarray, n_pas
 
 
 def run_forecasters(cases: Cases, forecasters: Mapping[str, CaseForecaster],
-                    progress: Callable[[str], None] | None = None) -> dict[str, xr.DataArray]:
-    """Each forecaster on each case -> DataArray (case, member, lead, y, x)."""
+                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, xr.DataArray]:
+    """Each forecaster on each case -> DataArray (case, member, lead, y, x).  `progress(name, done, total)` is
+    called before the first case of each forecaster and after every case."""
     out = {}
     for name, fn in forecasters.items():
+        runs = []
+        for i, box in zip(cases.init_indices, cases.boxes):
+            if progress:
+                progress(name, len(runs), len(cases.init_indices))
+            runs.append(np.asarray(fn(int(i), box), dtype="float32"))
         if progress:
-            progress(name)
-        runs = [np.asarray(fn(int(i), box), dtype="float32") for i, box in zip(cases.init_indices, cases.boxes)]
+            progress(name, len(runs), len(runs))
         shapes = {r.shape for r in runs}
         if len(shapes) != 1 or next(iter(shapes))[1:] != cases.truth.shape[1:]:
             raise ValueError(f"forecaster {name!r} returned shapes {shapes}; expected (members, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -138,6 +139,29 @@ def _calibration_section(cal: Mapping[str, Any], observed: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+class CaseProgress:
+    """Console lines while the forecasters run: one when a method starts, then at most one a minute with the cases
+    done and the ETA (a method that finishes within the minute prints only its first line)."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self.started = self.last = 0.0
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        from def_ray.train.console import format_duration
+
+        now = time.perf_counter()
+        if done == 0:
+            self.started = self.last = now
+            print(f"verify: running {name} on {total} case(s)", flush=True)
+        elif now - self.last >= self.every_s:
+            self.last = now
+            took = now - self.started
+            eta = took / done * (total - done)
+            print(f"verify: {name} {done}/{total} cases, {format_duration(took)}"
+                  + (f", ETA {format_duration(eta)}" if done < total else ", done"), flush=True)
+
+
 def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = None, *,
            synth_truth: bool = False, mlflow_run_id: str | None = None,
            progress: bool = True, plotter: Plotter | None = None) -> VerifyResult:
@@ -163,8 +187,7 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
                               f"radar coverage and rainy (verify.min_rain_fraction={v.min_rain_fraction})")
     cases = Cases(store, variable, inits, v.lead_steps, cfg.data.dt_steps, boxes)
     table = build_forecasters(cfg, store, models, members, v.lead_steps, variable)
-    say = (lambda name: print(f"verify: running {name} on {inits.size} case(s)", flush=True)) if progress else None
-    forecasts = run_forecasters(cases, table, say)
+    forecasts = run_forecasters(cases, table, CaseProgress() if progress else None)
     scores = score(forecasts, cases.truth, thresholds, v.scales)
     sections, calibration = [], {}
     probs = {name: np.stack([(fc.isel(lead=0) >= thr).mean("member").values for thr in thresholds], axis=1)

@@ -114,3 +114,17 @@ def test_bad_model_argument_is_a_clear_error(synthetic_cfg, tmp_path, capsys):
     cfg_path.write_text(yaml.safe_dump(synthetic_cfg.dump()))
     assert verify_main(["--config", str(cfg_path), "--model", "nonsense"]) == 2
     assert "NAME=CKPT" in capsys.readouterr().err
+
+
+def test_case_progress_says_when_a_method_starts_then_at_most_a_line_a_minute_with_eta(capsys, monkeypatch):
+    from def_ray.verify import workflow
+
+    clock = iter([0.0, 30.0, 70.0, 100.0, 150.0])
+    monkeypatch.setattr(workflow.time, "perf_counter", lambda: next(clock))
+    progress = workflow.CaseProgress()
+    for done in range(5):  # cases end at 30, 70, 100, 150 s
+        progress("steps", done, 4)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["verify: running steps on 4 case(s)",
+                     "verify: steps 2/4 cases, 1 min 10 s, ETA 1 min 10 s",
+                     "verify: steps 4/4 cases, 2 min 30 s, done"]
