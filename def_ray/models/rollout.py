@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from def_ray.data.layout import ChannelLayout
-from def_ray.models.diffusion.samplers import lead_seed, tiled_sampling
+from def_ray.models.diffusion.samplers import lead_seed
 
 
 def match_distribution(fields: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -60,12 +60,7 @@ def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayo
         step = lambda c, lead: model.predict(c)[:, None]  # noqa: E731
     else:
         seed = sample_kwargs.pop("seed", 0)
-        tiling = (sample_kwargs.pop("tile", None), sample_kwargs.pop("tile_overlap", None) or 0)
-
-        def step(c: torch.Tensor, lead: int) -> torch.Tensor:
-            # the model's sample() does not take the tiling keys: they reach sample_ensemble through this block
-            with tiled_sampling(*tiling):
-                return model.sample(c, members, seed=lead_seed(seed, lead), **sample_kwargs)
+        step = lambda c, lead: model.sample(c, members, seed=lead_seed(seed, lead), **sample_kwargs)  # noqa: E731
     observed = layout.newest_targets(cond)[0]
     out = []
     for lead in range(lead_steps):

@@ -31,7 +31,6 @@ per-timestep loss by ab_t: uniform weight on F at every t, the v-prediction obje
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from def_ray.models.shapes import check_batch, device_of
@@ -86,8 +85,10 @@ class ConvectionDDPM(nn.Module):
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, members: int, sampler: str = "dpmpp", steps: int | None = None,
                seed: int = 0, member_batch_size: int = 10, spread_scale: float = 1.0, member_offset: int = 0,
-               eta: float = 0.0, guidance: float = 1.0) -> torch.Tensor:
-        """An ensemble (members, C_t, H, W); see ``samplers.sample_ensemble`` for seeds, steps and spread_scale.
+               eta: float = 0.0, guidance: float = 1.0, tile: int | None = None,
+               tile_overlap: int | None = None) -> torch.Tensor:
+        """An ensemble (members, C_t, H, W); see ``samplers.sample_ensemble`` for seeds, steps, spread_scale and
+        tiling.
 
         ``cond``: (C_cond, H, W) or (1, C_cond, H, W) for all members, or (members, C_cond, H, W), one per member.
         Runs in eval mode (the module's mode is restored).
@@ -103,6 +104,6 @@ class ConvectionDDPM(nn.Module):
             return sample_ensemble(self, self.timesteps, c.to(device_of(self)), members, self.target_channels,
                                    sampler=sampler, steps=steps, seed=seed, member_batch_size=member_batch_size,
                                    spread_scale=spread_scale, member_offset=member_offset, eta=eta,
-                                   guidance=guidance)
+                                   guidance=guidance, tile=tile, tile_overlap=tile_overlap)
         finally:
             self.train(was_training)

@@ -68,16 +68,15 @@ tile.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
 from diffusers import DPMSolverMultistepScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler
 
+from def_ray.config import SamplerName
 from def_ray.models.diffusion.schedule import SAMPLERS, sampling_scheduler, training_scheduler
 from def_ray.models.unet import batch_invariant
 
@@ -86,9 +85,10 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 DEFAULT_FAST_STEPS = 20
 
-HIGHER_ORDER_SAMPLERS: tuple[str, ...] = ("dpmpp3m", "unipc", "heun2")
-SAMPLER_NAMES: tuple[str, ...] = (*SAMPLERS, *HIGHER_ORDER_SAMPLERS)
-"""Every name ``sample_ensemble`` takes: schedule.SAMPLERS and the higher-order solvers built here."""
+SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
+"""Every name ``sample_ensemble`` takes (the config's list): schedule.SAMPLERS and the higher-order solvers built
+here."""
+HIGHER_ORDER_SAMPLERS: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n not in SAMPLERS)
 _SOLVERS = ("dpmpp", *HIGHER_ORDER_SAMPLERS)  # deterministic given x_T: no per-step noise, ignore eta
 
 
@@ -146,31 +146,15 @@ def resolve_steps(sampler: str, steps: int | None, timesteps: int) -> int:
 
 
 def sampler_kwargs(sampler_cfg: Any) -> dict[str, Any]:
-    """Keyword arguments for ``rollout`` from a ``SamplerConfig`` (all but ``probability_matching`` and the tiling
-    keys ``tile`` / ``tile_overlap`` are ``ConvectionDDPM.sample``'s; rollout applies those two itself)."""
+    """Keyword arguments for ``rollout`` from a ``SamplerConfig`` (all but ``probability_matching``, which rollout
+    applies itself, are ``ConvectionDDPM.sample``'s)."""
     return dict(sampler=sampler_cfg.name, steps=sampler_cfg.steps, member_batch_size=sampler_cfg.member_batch_size,
                 spread_scale=sampler_cfg.spread_scale, eta=sampler_cfg.eta, guidance=sampler_cfg.guidance,
                 probability_matching=sampler_cfg.probability_matching,
-                tile=getattr(sampler_cfg, "tile", None), tile_overlap=getattr(sampler_cfg, "tile_overlap", 0))
+                tile=sampler_cfg.tile, tile_overlap=sampler_cfg.tile_overlap)
 
 
 # -- tiled network calls ------------------------------------------------------------------------------------------
-
-_TILING = threading.local()
-
-
-@contextmanager
-def tiled_sampling(tile: int | None, overlap: int = 0) -> Iterator[None]:
-    """Within this block, ``sample_ensemble`` calls that are not given ``tile`` themselves tile the network with
-    (tile, overlap); None switches tiling off. For callers that reach ``sample_ensemble`` through a model's
-    ``sample`` method that does not forward the tiling arguments (``rollout`` -> ``ConvectionDDPM.sample``)."""
-    before = getattr(_TILING, "value", None)
-    _TILING.value = None if tile is None else (int(tile), int(overlap))
-    try:
-        yield
-    finally:
-        _TILING.value = before
-
 
 def downsampling_factor(denoiser: Any) -> int:
     """2**(levels - 1) x patch of the UNet inside `denoiser` (``.net`` or the denoiser itself); 1 if none."""
@@ -267,8 +251,7 @@ def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, memb
     ``guidance`` w != 1 evaluates the denoiser also without conditioning (zeros) in the same pass and uses
     eps_u + w (eps_c - eps_u); w = 1 is the plain conditional denoiser (no extra pass).
     ``tile`` / ``tile_overlap``: evaluate the denoiser on overlapping tiles blended at every step (module docstring);
-    None takes them from an enclosing ``tiled_sampling`` block, else no tiling. A tile that covers the grid is the
-    untiled sampler.
+    None: no tiling. A tile that covers the grid is the untiled sampler.
     """
     if cond.ndim == 3:
         cond = cond[None]
@@ -283,8 +266,6 @@ def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, memb
     if not guidance >= 0:
         raise ValueError(f"guidance must be >= 0, got {guidance}")
     steps = resolve_steps(sampler, steps, timesteps)
-    if tile is None and getattr(_TILING, "value", None) is not None:
-        tile, tile_overlap = _TILING.value
     if tile is not None:
         check_tiling(tile, tile_overlap or 0, downsampling_factor(denoiser))
     if guidance != 1.0:
