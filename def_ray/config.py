@@ -286,6 +286,12 @@ class SamplerConfig(_Section):
         False, description="give every generated member frame the value distribution of the newest observed frame "
         "(rank by rank over the forecast grid, at every lead; pysteps' 'cdf' probability matching, as STEPS does): "
         "the network places the rain, the observation sets how much of each amount there is")
+    motion_perturbation: float = Field(
+        0.0, ge=0, description="scale of each member's own perturbation of the init time's motion (pysteps' "
+        "Bowler-Pierce-Seed velocity perturbations, as STEPS draws them: one random vector per member along and "
+        "across the motion, growing with lead; 1 = their published parameters, 0 = off). Each generated frame is "
+        "moved by it before probability matching, so members differ in where the rain goes as well as in what the "
+        "network adds. Needs a model with model.residual: extrapolation (the motion is in its conditioning)")
     tile: int | None = Field(
         None, ge=1, description="None = the network sees the whole frame; else it runs on overlapping tile x tile "
         "windows blended into one prediction at every denoising step (noise and solver state stay whole-frame), so "

@@ -104,6 +104,22 @@ def estimate_motion(past: np.ndarray, variable: str, stride: int = 8) -> np.ndar
     return np.stack([map_coordinates(c, grid, order=1) for c in coarse]).astype(np.float32)
 
 
+def motion_perturbation(motion: np.ndarray, seed: int, lead_minutes: float, km_per_pixel: float,
+                        step_minutes: float) -> np.ndarray:
+    """(2, H, W) perturbation, in grid points per step, of `motion` (u, v; 2, H, W) at `lead_minutes`.
+
+    pysteps' Bowler-Pierce-Seed (2006) perturbations with their published parameters, as STEPS uses them: one
+    Laplace-distributed draw along and one across the local motion per `seed` (one member), scaled by a standard
+    deviation in km/h that grows with lead time.
+    """
+    from pysteps.noise.motion import generate_bps, initialize_bps
+
+    state = np.random.RandomState(int(seed) & (2**32 - 1))
+    perturbator = initialize_bps(np.asarray(motion, dtype=np.float64), 1.0 / km_per_pixel, step_minutes,
+                                 randstate=state)
+    return np.asarray(generate_bps(perturbator, lead_minutes), dtype=np.float32)
+
+
 def advect(field, motion, steps: int = 1):
     """`field` (B, C, H, W) moved `steps` time steps forward along `motion` (B, 2, H, W) [torch tensors].
 

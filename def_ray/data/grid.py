@@ -71,3 +71,20 @@ class LambertGrid:
 
 
 HRRR_GRID = LambertGrid()
+
+
+def grid_spacing_km(lat: np.ndarray, lon: np.ndarray) -> float:
+    """Geometric mean of the great-circle distances (km) between neighbouring points in y and in x at the centre
+    of a 2-D lat/lon grid (the spacing a motion in grid points per step converts to km with)."""
+    lat, lon = np.radians(np.asarray(lat, dtype=np.float64)), np.radians(np.asarray(lon, dtype=np.float64))
+    cy, cx = lat.shape[0] // 2, lat.shape[1] // 2
+
+    def dist(a: tuple[int, int], b: tuple[int, int]) -> float:
+        dlat, dlon = lat[b] - lat[a], lon[b] - lon[a]
+        h = np.sin(dlat / 2) ** 2 + np.cos(lat[a]) * np.cos(lat[b]) * np.sin(dlon / 2) ** 2
+        return float(2 * 6371.0 * np.arcsin(np.sqrt(h)))
+
+    dy = dist((cy - 1, cx), (cy, cx)) if lat.shape[0] > 1 else float("nan")
+    dx = dist((cy, cx - 1), (cy, cx)) if lat.shape[1] > 1 else float("nan")
+    return float(np.sqrt(dy * dx))
+

@@ -317,6 +317,7 @@ class Forecaster:
             out = rollout(self.model, c, lead_steps, self.layout, 1)
         else:
             out = rollout(self.model, c, lead_steps, self.layout, members, seed=seed, member_offset=member_offset,
+                          km_per_pixel=self.description.km_per_pixel, step_minutes=self.step_seconds() / 60,
                           **sampler_kwargs(options))
         return norm.denormalise(out.detach().float().cpu().numpy(), self.targets)
 

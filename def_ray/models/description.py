@@ -58,6 +58,20 @@ class ModelDescription:
             return None
         return Normaliser.from_dict(self.normalisation, "checkpoint (training split)").subset(self.variables)
 
+    @property
+    def km_per_pixel(self) -> float | None:
+        """Grid spacing recorded at training; for older regular lat/lon checkpoints estimated from the grid's box and
+        shape; else None (unknown)."""
+        g = self.grid or {}
+        if g.get("km_per_pixel"):
+            return float(g["km_per_pixel"])
+        box, shape = g.get("latlon_box"), g.get("shape")
+        if not box or not shape or (g.get("projection") or {}).get("grid_mapping_name") != "latitude_longitude":
+            return None
+        dy = (box[1] - box[0]) / max(shape[0] - 1, 1) * 111.19
+        dx = (box[3] - box[2]) / max(shape[1] - 1, 1) * 111.19 * np.cos(np.radians((box[0] + box[1]) / 2))
+        return float(np.sqrt(dy * dx))
+
     def sampler_defaults(self) -> SamplerConfig:
         keys = SamplerConfig.model_fields
         return SamplerConfig.model_validate({k: v for k, v in self.sampler.items() if k in keys})
@@ -91,6 +105,7 @@ class ModelDescription:
     def of_training(cls, cfg: Config, wd: WindowData, mlflow_run_id: str | None = None) -> ModelDescription:
         """The description of a model trained on the windows `wd` with `cfg`: the training split's statistics,
         the time step, the grid, sampler defaults and provenance."""
+        from def_ray.data.grid import grid_spacing_km
         from def_ray.data.windows import window_times
         from def_ray.data.zarr_store import ZarrStore, to_datetime64
 
@@ -100,7 +115,7 @@ class ModelDescription:
         train_t = to_datetime64(spec.times[window_times(wd.splits.train, spec.n_past, spec.dt_steps)])
         grid = {"shape": list(spec.shape), "projection": dict(store.projection),
                 "latlon_box": [float(np.nanmin(lat)), float(np.nanmax(lat)), float(np.nanmin(lon)),
-                               float(np.nanmax(lon))]}
+                               float(np.nanmax(lon))], "km_per_pixel": grid_spacing_km(lat, lon)}
         return cls.from_config(
             cfg, step_seconds=int(spec.dt_steps * store.dt_seconds), normalisation=spec.normaliser.to_dict(),
             static_scaling=dict(wd.static_scaling) or None, grid=grid,

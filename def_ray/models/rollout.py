@@ -11,6 +11,12 @@ newest observed frame rank by rank: the network decides where the rain is, the o
 (the 'cdf' probability matching of pysteps' STEPS).  It is a per-member map, so members stay independent of how they
 are batched or split across actors.
 
+With ``motion_perturbation`` (a diffusion model with a first guess) every generated frame of member k is moved along
+its own perturbation of the init time's motion before matching: the velocity perturbations STEPS draws (pysteps
+``initialize_bps``, seeded by ``perturbation_seed(seed, k)``), so members also disagree on where the rain goes, more
+so at longer leads.  ``km_per_pixel`` and ``step_minutes`` (the forecaster takes them from the checkpoint) convert
+the perturbations' km/h into grid points per step.
+
 With ``tile`` (and ``tile_overlap``) the diffusion model's network runs on overlapping tiles blended at every
 denoising step (``def_ray.models.diffusion.samplers``, "Tiled sampling"); the members are whole frames, so
 probability matching, the first guess and the next step's conditioning see the whole frame, as without tiling.
@@ -18,12 +24,15 @@ probability matching, the first guess and the next step's conditioning see the w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
+from def_ray.data.advection import advect, motion_perturbation
 from def_ray.data.layout import ChannelLayout
-from def_ray.models.diffusion.samplers import lead_seed
+from def_ray.models.diffusion.samplers import lead_seed, perturbation_seed
 
 
 def match_distribution(fields: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -35,13 +44,35 @@ def match_distribution(fields: torch.Tensor, reference: torch.Tensor) -> torch.T
     return torch.empty_like(order, dtype=fields.dtype).scatter_(-1, order, values).reshape(m, c, h, w)
 
 
+def _member_shifts(layout: ChannelLayout, cond: torch.Tensor, members: int, scale: float, km_per_pixel: float | None,
+                   step_minutes: float | None, seed: int, member_offset: int) -> Callable[[int], torch.Tensor] | None:
+    """lead -> (members, 2, H, W) motion perturbations (grid points per step), or None when `scale` is 0."""
+    if not scale:
+        return None
+    if not layout.first_guess:
+        raise ValueError("motion_perturbation needs a model with a first guess (model.residual: extrapolation): "
+                         "the motion it perturbs is in that model's conditioning")
+    if not km_per_pixel or not step_minutes:
+        raise ValueError(f"motion_perturbation needs km_per_pixel and step_minutes, got {km_per_pixel} and "
+                         f"{step_minutes}")
+    motion = layout.motion_of(cond)[0].float().cpu().numpy()
+    seeds = [perturbation_seed(seed, member_offset + k) for k in range(members)]
+
+    def at(lead: int) -> torch.Tensor:
+        minutes = (lead + 1) * step_minutes
+        return scale * torch.from_numpy(np.stack([motion_perturbation(motion, s, minutes, km_per_pixel, step_minutes)
+                                                  for s in seeds]))
+    return at
+
+
 @torch.no_grad()
 def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayout, members: int = 1, *,
-            probability_matching: bool = False, **sample_kwargs: Any) -> torch.Tensor:
+            probability_matching: bool = False, motion_perturbation: float = 0.0, km_per_pixel: float | None = None,
+            step_minutes: float | None = None, **sample_kwargs: Any) -> torch.Tensor:
     """(members, lead_steps, C_t, H, W) from cond (C_cond, H, W) or (1, C_cond, H, W) laid out as `layout` says.
 
-    A deterministic model gives one member (members must be 1); it ignores ``sample_kwargs``, so callers can pass
-    the same sampler options to either kind. ``tile`` / ``tile_overlap`` in ``sample_kwargs`` tile the diffusion
+    A deterministic model gives one member (members must be 1); it ignores ``sample_kwargs`` and
+    ``motion_perturbation``, so callers can pass the same sampler options to either kind. ``tile`` / ``tile_overlap`` in ``sample_kwargs`` tile the diffusion
     network's evaluations (None: untiled).
     """
     if cond.ndim == 3:
@@ -62,11 +93,16 @@ def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayo
         seed = sample_kwargs.pop("seed", 0)
         step = lambda c, lead: model.sample(c, members, seed=lead_seed(seed, lead), **sample_kwargs)  # noqa: E731
     observed = layout.newest_targets(cond)[0]
+    shift = None if model.kind == "deterministic" else _member_shifts(
+        layout, cond, members, motion_perturbation, km_per_pixel, step_minutes, seed,
+        sample_kwargs.get("member_offset", 0))
     out = []
     for lead in range(lead_steps):
         new = step(cond, lead).reshape(members, model.target_channels, *cond.shape[-2:])
         if layout.first_guess:  # the network gives the residual over the first guess
             new = new + layout.first_guess_of(cond).to(new.device, new.dtype)
+        if shift is not None:
+            new = advect(new, shift(lead).to(new.device))
         if probability_matching:
             new = match_distribution(new, observed)
         out.append(new)

@@ -35,7 +35,7 @@ class Candidate:
 
 
 def _score(model: Any, layout: ChannelLayout, cond: torch.Tensor, target: np.ndarray, options: SamplerConfig,
-           members: int, seed: int) -> tuple[float, float]:
+           members: int, seed: int, geometry: dict[str, float | None]) -> tuple[float, float]:
     """(mean CRPS, corrected spread/skill) of `members`-member ensembles for every window, drawn by the forecasts'
     own rollout (so probability matching counts), scored on full fields (with a first guess: residual + guess)."""
     from def_ray.models.diffusion.samplers import sampler_kwargs
@@ -43,7 +43,7 @@ def _score(model: Any, layout: ChannelLayout, cond: torch.Tensor, target: np.nda
     from def_ray.train.loop import ensemble_scores
 
     sums = {"crps_sum": 0.0, "var_sum": 0.0, "se_sum": 0.0, "pixels": 0.0}
-    kwargs = {**sampler_kwargs(options), "member_batch_size": members}
+    kwargs = {**sampler_kwargs(options), "member_batch_size": members, **geometry}
     for i in range(cond.shape[0]):
         ens = rollout(model, cond[i], 1, layout, members, seed=seed + i, **kwargs)[:, 0].float().cpu().numpy()
         truth = target[i]
@@ -57,8 +57,10 @@ def _score(model: Any, layout: ChannelLayout, cond: torch.Tensor, target: np.nda
 
 
 def choose_sampler(cfg: Config, model: Any, layout: ChannelLayout, windows: dict[str, np.ndarray], *,
-                   crps_tolerance: float = 0.02) -> tuple[SamplerConfig, list[Candidate]]:
-    """The forecast sampler with the chosen spread_scale and guidance, and every candidate's scores."""
+                   crps_tolerance: float = 0.02, km_per_pixel: float | None = None,
+                   step_minutes: float | None = None) -> tuple[SamplerConfig, list[Candidate]]:
+    """The forecast sampler with the chosen spread_scale and guidance, and every candidate's scores
+    (`km_per_pixel` and `step_minutes`: the grid's, for the sampler's motion perturbation)."""
     tc = cfg.train
     base = cfg.forecast.sampler
     guidances = tc.guidance_scales if cfg.model.cond_dropout > 0 else [1.0]
@@ -69,7 +71,8 @@ def choose_sampler(cfg: Config, model: Any, layout: ChannelLayout, windows: dict
     for g in guidances:
         for s in tc.spread_scales:
             options = base.model_copy(update={"spread_scale": float(s), "guidance": float(g)})
-            crps, ss = _score(model, layout, cond, target, options, tc.val_members, tc.seed + 7)
+            crps, ss = _score(model, layout, cond, target, options, tc.val_members, tc.seed + 7,
+                              {"km_per_pixel": km_per_pixel, "step_minutes": step_minutes})
             scored.append(Candidate(float(s), float(g), crps, ss))
     best = min(c.crps for c in scored)
     near = [c for c in scored if c.crps <= best * (1 + crps_tolerance)]

@@ -143,7 +143,8 @@ def _with_chosen_sampler(cfg: Config, wd: Any, state: Any, description: Any, tra
     d = cfg.data
     windows = wd.windows("val", cfg.train.choice_windows, crop=d.crop if d.val_crop else None,
                          sampling=d.crop_sampling if d.val_crop else "uniform", seed=cfg.train.seed + 1)
-    options, table = choose_sampler(cfg, model, wd.spec.layout, windows)
+    options, table = choose_sampler(cfg, model, wd.spec.layout, windows, km_per_pixel=description.km_per_pixel,
+                                    step_minutes=description.step_seconds / 60 if description.step_seconds else None)
     picked = next(c for c in table if (c.spread_scale, c.guidance) == (options.spread_scale, options.guidance))
     rule = (f"validation split, {windows['cond'].shape[0]} windows x {cfg.train.val_members} members: spread/skill "
             "closest to 1 among the candidates within 2% of the best CRPS")

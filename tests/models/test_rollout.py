@@ -82,3 +82,38 @@ def test_probability_matching_gives_each_member_the_observed_values_in_its_own_r
     # per-member: the same members however they are batched
     again = rollout(model, _cond(), 2, LAYOUT, members=3, probability_matching=True, **{**kw, "member_batch_size": 1})
     assert torch.equal(matched, again)
+
+
+FG_LAYOUT = ChannelLayout.of(N_PAST, ["a", "b", "c"], ["c", "a"], ["latitude"], first_guess=True)
+
+
+def _fg_cond(u: float = 1.5, v: float = -0.5):
+    """Conditioning with a first guess and a uniform motion (u, v) grid points per step."""
+    cond = torch.randn(1, FG_LAYOUT.cond_channels, H, W, generator=torch.Generator().manual_seed(1))
+    m = FG_LAYOUT.frame_channels + 2
+    cond[:, m], cond[:, m + 1] = u / FG_LAYOUT.motion_scale, v / FG_LAYOUT.motion_scale
+    return cond
+
+
+def test_motion_perturbation_moves_each_member_along_its_own_draw_before_matching():
+    from def_ray.data.advection import advect, motion_perturbation
+    from def_ray.models.diffusion.samplers import perturbation_seed
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(timesteps=10), FG_LAYOUT.cond_channels, 2).eval()
+    kw = dict(sampler="dpmpp", steps=2, member_batch_size=3, seed=5, km_per_pixel=3.0, step_minutes=60.0)
+    plain = rollout(model, _fg_cond(), 1, FG_LAYOUT, members=3, **kw)
+    moved = rollout(model, _fg_cond(), 2, FG_LAYOUT, members=3, motion_perturbation=1.0, **kw)
+    motion = FG_LAYOUT.motion_of(_fg_cond())[0].numpy()
+    for k in range(3):  # lead 0: the unperturbed member moved by member k's own perturbation at +60 min
+        shift = torch.from_numpy(motion_perturbation(motion, perturbation_seed(5, k), 60.0, 3.0, 60.0))[None]
+        torch.testing.assert_close(moved[k, 0], advect(plain[k:k + 1, 0], shift)[0])
+        assert shift.abs().max() > 1.0  # about 20 km/h at +1 h: several grid points
+    # a member does not depend on which members are drawn with it (its own seed, by global index)
+    alone = rollout(model, _fg_cond(), 2, FG_LAYOUT, members=1, motion_perturbation=1.0, member_offset=2, **kw)
+    torch.testing.assert_close(alone[0], moved[2])
+    with pytest.raises(ValueError, match="km_per_pixel"):
+        rollout(model, _fg_cond(), 1, FG_LAYOUT, members=2, motion_perturbation=1.0, seed=5, steps=2)
+    with pytest.raises(ValueError, match="first guess"):
+        rollout(build_model(tiny_cfg(timesteps=10), N_PAST * N_VARS + N_STATIC, 2).eval(), _cond(), 1, LAYOUT,
+                members=2, motion_perturbation=1.0, seed=5, steps=2, km_per_pixel=3.0, step_minutes=60.0)

@@ -129,6 +129,11 @@ def member_generator(seed: int, member: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(_seed_int(seed, member))
 
 
+def perturbation_seed(seed: int, member: int) -> int:
+    """The 32-bit seed of global member ``member``'s motion perturbation (independent of its noise stream)."""
+    return _seed_int(seed, member, 0xB05) & (2**32 - 1)
+
+
 def lead_seed(seed: int, lead: int) -> int:
     """Seed of lead step ``lead`` of a rollout: lead 0 uses ``seed`` itself, later leads independent streams."""
     return seed if lead == 0 else _seed_int(seed, lead, 0x1EAD)
@@ -146,11 +151,12 @@ def resolve_steps(sampler: str, steps: int | None, timesteps: int) -> int:
 
 
 def sampler_kwargs(sampler_cfg: Any) -> dict[str, Any]:
-    """Keyword arguments for ``rollout`` from a ``SamplerConfig`` (all but ``probability_matching``, which rollout
-    applies itself, are ``ConvectionDDPM.sample``'s)."""
+    """Keyword arguments for ``rollout`` from a ``SamplerConfig`` (all but ``probability_matching`` and
+    ``motion_perturbation``, which rollout applies itself, are ``ConvectionDDPM.sample``'s)."""
     return dict(sampler=sampler_cfg.name, steps=sampler_cfg.steps, member_batch_size=sampler_cfg.member_batch_size,
                 spread_scale=sampler_cfg.spread_scale, eta=sampler_cfg.eta, guidance=sampler_cfg.guidance,
                 probability_matching=sampler_cfg.probability_matching,
+                motion_perturbation=sampler_cfg.motion_perturbation,
                 tile=sampler_cfg.tile, tile_overlap=sampler_cfg.tile_overlap)
 
 
