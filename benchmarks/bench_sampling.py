@@ -29,8 +29,9 @@ import torch
 from def_ray.config import ModelConfig
 from def_ray.models import build_model
 from def_ray.models.unet import batch_invariant
+from def_ray.testing import KNOWN_ANSWER, train_known_answer
 
-A, B, SIG = 1.5, 0.3, 0.5
+A, B, SIG = KNOWN_ANSWER
 SIZE = 16
 
 
@@ -61,20 +62,10 @@ def train(steps: int, seed: int = 0) -> torch.nn.Module:
     cfg = ModelConfig(base_dims=16, channel_mults=[1, 2], num_res_blocks=1, attention_levels=[1], groups=8,
                       attention_heads=2, timesteps=200)
     model = build_model(cfg, 1, 1)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    g = torch.Generator().manual_seed(seed + 1)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        c = torch.randn(16, 1, SIZE, SIZE, generator=g)
-        x = A * c + B + SIG * torch.randn(16, 1, SIZE, SIZE, generator=g)
-        loss = model.training_loss(c, x, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    print(f"trained {steps} steps in {time.perf_counter() - t0:.1f} s (last loss {loss.item():.3f})")
-    return model.eval()
+    train_known_answer(model, steps, batch=16, size=SIZE, seed=seed + 1)
+    print(f"trained {steps} steps in {time.perf_counter() - t0:.1f} s")
+    return model
 
 
 def timed(fn):

@@ -11,7 +11,9 @@ from typing import Any
 from def_ray.config import Config, config_from_dict
 from def_ray.data.zarr_store import ZarrStore
 
-__all__ = ["tiny_store", "tiny_config", "tiny_checkpoint"]
+__all__ = ["tiny_store", "tiny_config", "tiny_checkpoint", "KNOWN_ANSWER", "known_answer_batch", "train_known_answer"]
+
+KNOWN_ANSWER = (1.5, 0.3, 0.5)  # (A, B, SIG): the known-answer law x = A c + B + SIG z, c and z standard normal
 
 
 def tiny_store(url: str | Path, *, size: int = 16, hours: int = 20, seed: int = 0,
@@ -74,3 +76,32 @@ def tiny_checkpoint(path: str | Path, cfg: Config, *, seed: int = 0,
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model, cfg.dump(), description=description)
     return str(path)
+
+
+def known_answer_batch(n: int, size: int, generator: Any) -> tuple[Any, Any]:
+    """(c, x) of n (1, size, size) fields drawn from the known-answer law with `generator` (c first, then z)."""
+    import torch
+
+    a, b, sig = KNOWN_ANSWER
+    c = torch.randn(n, 1, size, size, generator=generator)
+    return c, a * c + b + sig * torch.randn(n, 1, size, size, generator=generator)
+
+
+def train_known_answer(model: Any, steps: int, *, batch: int = 32, size: int = 8, lr: float = 3e-3,
+                       seed: int = 1) -> Any:
+    """`model` (a ConvectionDDPM with one condition and one target channel) fitted to the known-answer law: Adam
+    with cosine decay, fresh batches each step from one seeded generator; returned in eval mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        c, x = known_answer_batch(batch, size, g)
+        loss = model.training_loss(c, x, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+

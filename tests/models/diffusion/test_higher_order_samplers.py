@@ -15,6 +15,7 @@ from def_ray.models import build_model
 from def_ray.models.diffusion.samplers import (HIGHER_ORDER_SAMPLERS, SAMPLER_NAMES, network_passes, resolve_steps,
                                                sample_ensemble)
 from tests.models.diffusion.test_samplers import A, B, SIG, _cond, gaussian_oracle
+from def_ray.testing import train_known_answer
 from tests.models.helpers import tiny_cfg
 
 NEW = list(HIGHER_ORDER_SAMPLERS)
@@ -132,19 +133,9 @@ def trained_tiny():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(base_dims=16, channel_mults=[1], attention_levels=[], groups=8, timesteps=T_BAR),
                         1, 1)
-    g = torch.Generator().manual_seed(1)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, TRAIN_STEPS)
-    for _ in range(TRAIN_STEPS):
-        c = torch.randn(32, 1, SIZE, SIZE, generator=g)
-        x = A * c + B + SIG * torch.randn(32, 1, SIZE, SIZE, generator=g)
-        loss = model.training_loss(c, x, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    train_known_answer(model, TRAIN_STEPS, batch=32, size=SIZE)
     torch.set_num_threads(threads)
-    return model.eval()
+    return model
 
 
 def _crps_ratio(model, sampler, steps):

@@ -8,10 +8,11 @@ import torch
 from def_ray.models import build_model
 from def_ray.models.diffusion.samplers import lead_seed, member_generator, resolve_steps, sample_ensemble
 from def_ray.models.diffusion.schedule import training_scheduler
+from def_ray.testing import KNOWN_ANSWER, train_known_answer
 from tests.models.helpers import tiny_cfg
 
 # Known answer: data x = f(c) + SIG * z per pixel, f(c) = A c + B, z ~ N(0, 1), c ~ N(0, 1).
-A, B, SIG = 1.5, 0.3, 0.5
+A, B, SIG = KNOWN_ANSWER
 
 
 def gaussian_oracle(timesteps: int):
@@ -142,18 +143,7 @@ def test_trained_tiny_ddpm_recovers_a_known_answer_with_every_sampler():
     torch.manual_seed(0)
     T, size = 100, 8
     model = build_model(tiny_cfg(base_dims=16, channel_mults=[1], attention_levels=[], groups=8, timesteps=T), 1, 1)
-    g = torch.Generator().manual_seed(1)
-    steps, lr = 600, 3e-3
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        c = torch.randn(32, 1, size, size, generator=g)
-        x = A * c + B + SIG * torch.randn(32, 1, size, size, generator=g)
-        loss = model.training_loss(c, x, generator=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    train_known_answer(model, 600, batch=32, size=size)
     c = _cond(size)
     for sampler, n_steps in [("ddpm", None), ("ddim", 20), ("dpmpp", 20)]:
         ens = model.sample(c, 128, sampler=sampler, steps=n_steps, seed=0, member_batch_size=128)
