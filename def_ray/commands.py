@@ -103,7 +103,8 @@ def forecast_parser() -> argparse.ArgumentParser:
                                                         "(default: forecast.init_time, else the store's last usable)")
     p.add_argument("--lead-hours", type=_positive_int, help="hours ahead (default forecast.lead_hours)")
     p.add_argument("--seed", type=_seed, help="forecast seed (default forecast.seed)")
-    p.add_argument("--out", help="output .zarr or .nc, local or s3:// (default forecast.out)")
+    p.add_argument("--out", help="output .zarr or .nc (the whole forecast) or .grib2 (probabilities and mean), "
+                                  "local or s3:// (default forecast.out)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
     p.add_argument("--plot", action="store_true", help="also write PNG maps beside the output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

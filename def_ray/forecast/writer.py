@@ -1,4 +1,5 @@
-"""Write a forecast Dataset as Zarr (v3) or NetCDF, chosen by extension, to a local path or an fsspec URL.
+"""Write a forecast Dataset as Zarr (v3), NetCDF or GRIB2 (probabilities and mean only, def_ray.forecast.grib_output),
+chosen by extension, to a local path or an fsspec URL.
 
 What a writer promises (the "nothing lost" rule of the design):
 - An existing path is never replaced unless overwrite=True; the default refuses with FileExistsError naming it.
@@ -7,7 +8,7 @@ What a writer promises (the "nothing lost" rule of the design):
   two writers racing for one new path, one wins and the other gets FileExistsError.
 - Remote Zarr is written under a temporary prefix beside the destination, then copied into place with the
   `zarr.json` metadata last (the root's very last), so an interrupted copy does not open as a forecast; remote
-  NetCDF is one object (one PUT), created with If-None-Match on s3:// when not overwriting.
+  NetCDF and GRIB2 are one object (one PUT), created with If-None-Match on s3:// when not overwriting.
 - `check_output_not_input` refuses an output that is, lies inside or contains an input store.
 
 What is written is standard (`cf_conventions`, applied by `write_forecast` and `netcdf_bytes`): each variable with
@@ -63,14 +64,16 @@ _PRODUCTS = ("_mean", "_spread", "_quantile")  # same quantity as the variable (
 # answers several requests from threads)
 _NETCDF_LOCK = threading.Lock()
 
-_FORMATS = {".zarr": "zarr", ".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf"}
+_FORMATS = {".zarr": "zarr", ".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".grib2": "grib2",
+            ".grb2": "grib2"}
 
 
 def output_format(path: str) -> str:
-    """'zarr' or 'netcdf' from the extension; anything else is an error naming the path."""
+    """'zarr', 'netcdf' or 'grib2' from the extension; anything else is an error naming the path."""
     ext = os.path.splitext(str(path).rstrip("/"))[1].lower()
     if ext not in _FORMATS:
-        raise ValueError(f"forecast output {path!r}: unknown extension {ext!r}; use .zarr or .nc")
+        raise ValueError(f"forecast output {path!r}: unknown extension {ext!r}; use .zarr or .nc (the whole forecast) "
+                         "or .grib2 (probabilities and mean)")
     return _FORMATS[ext]
 
 
@@ -149,14 +152,23 @@ def netcdf_bytes(ds: xr.Dataset) -> bytes:
         return path.read_bytes()
 
 
+def _file_bytes(ds: xr.Dataset, fmt: str) -> bytes:
+    """The single-file formats as bytes."""
+    if fmt == "grib2":
+        from def_ray.forecast.grib_output import grib2_bytes
+
+        return grib2_bytes(ds)
+    return netcdf_bytes(ds)
+
+
 def _exists_error(path: str) -> FileExistsError:
     return FileExistsError(f"forecast output {path} already exists; pass --overwrite (overwrite=True) to replace it")
 
 
 def write_forecast(ds: xr.Dataset, path: str, storage_options: Mapping[str, Any] | None = None, *,
                    overwrite: bool = False) -> str:
-    """Write `ds` with its CF attributes (`cf_conventions`) to `path` (.zarr -> Zarr v3, .nc -> NetCDF-4); returns
-    the path written.
+    """Write `ds` with its CF attributes (`cf_conventions`) to `path` (.zarr -> Zarr v3, .nc -> NetCDF-4, .grib2 ->
+    GRIB2 of the probabilities and the mean); returns the path written.
 
     An existing path is refused (FileExistsError) unless overwrite=True; see the module doc for what a crash or a
     concurrent writer leaves.
@@ -178,6 +190,8 @@ def _write_local(ds: xr.Dataset, dest: Path, fmt: str, overwrite: bool) -> str:
     try:
         if fmt == "zarr":
             ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=_encoding(ds))
+        elif fmt == "grib2":
+            tmp.write_bytes(_file_bytes(ds, fmt))
         else:
             with _NETCDF_LOCK:
                 ds.to_netcdf(tmp, engine="netcdf4")
@@ -235,8 +249,8 @@ def _write_remote(ds: xr.Dataset, path: str, fmt: str, opts: dict[str, Any], ove
     fs.invalidate_cache()
     if fs.exists(remote) and not overwrite:
         raise _exists_error(path)
-    if fmt == "netcdf":
-        _put_once(fs, remote, netcdf_bytes(ds), overwrite, path)
+    if fmt != "zarr":
+        _put_once(fs, remote, _file_bytes(ds, fmt), overwrite, path)
         return path
     tmp_url = f"{path.rstrip('/').rsplit('/', 1)[0]}/.{posixpath.basename(remote)}.tmp-{uuid.uuid4().hex[:8]}"
     _, tmp = fsspec.core.url_to_fs(tmp_url, **opts)
@@ -311,7 +325,10 @@ def open_forecast(path: str, storage_options: Mapping[str, Any] | None = None) -
     """Open a written forecast (Zarr or NetCDF, local or remote), lazily."""
     path = str(path)
     opts = dict(storage_options or {})
-    if output_format(path) == "zarr":
+    fmt = output_format(path)
+    if fmt == "grib2":
+        raise ValueError(f"{path}: a GRIB2 forecast holds products only; read it with eccodes or cfgrib")
+    if fmt == "zarr":
         return xr.open_zarr(path, zarr_format=3, consolidated=False,
                             storage_options=opts if _is_remote(path) else None)
     if _is_remote(path):
