@@ -67,13 +67,14 @@ def _member_shifts(layout: ChannelLayout, cond: torch.Tensor, members: int, scal
 
 @torch.no_grad()
 def rollout(model: Any, cond: torch.Tensor, lead_steps: int, layout: ChannelLayout, members: int = 1, *,
-            probability_matching: bool = False, motion_perturbation: float = 0.0, km_per_pixel: float | None = None,
-            step_minutes: float | None = None, **sample_kwargs: Any) -> torch.Tensor:
+            probability_matching: bool = False, motion_perturbation: float = 0.0,
+            km_per_pixel: float | None = None, step_minutes: float | None = None,
+            **sample_kwargs: Any) -> torch.Tensor:
     """(members, lead_steps, C_t, H, W) from cond (C_cond, H, W) or (1, C_cond, H, W) laid out as `layout` says.
 
     A deterministic model gives one member (members must be 1); it ignores ``sample_kwargs`` and
-    ``motion_perturbation``, so callers can pass the same sampler options to either kind. ``tile`` / ``tile_overlap`` in ``sample_kwargs`` tile the diffusion
-    network's evaluations (None: untiled).
+    ``motion_perturbation``, so callers can pass the same sampler options to either kind. ``tile`` /
+    ``tile_overlap`` in ``sample_kwargs`` tile the diffusion network's evaluations (None: untiled).
     """
     if cond.ndim == 3:
         cond = cond[None]
