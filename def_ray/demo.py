@@ -3,7 +3,7 @@
 synthetic GRIB2 -> Zarr store -> deterministic UNet and conditional DDPM on Ray Train -> 50-member forecast with maps
 (Ray actors) -> verification report against persistence, pysteps and the known probabilities of the process.
 
-About 8-9 minutes on 2 CPU cores.  Everything lands under the output folder (default ./demo_out): grib/ (the
+About 8 minutes on 2 CPU cores.  Everything lands under the output folder (default ./demo_out): grib/ (the
 synthetic GRIB2), demo.zarr (the store), runs/ (Ray Train runs and the exported checkpoints), mlruns/ (the MLflow
 store), forecast.zarr and forecast.nc (the ensemble, CF), forecast_maps/ (PNG), verification/ (report and plots).
 The console shows one line per training epoch; `def-ray demo --verbose` adds Ray's own progress bars and logs.
