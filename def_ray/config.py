@@ -396,8 +396,8 @@ class ForecastConfig(_Section):
     sampler: SamplerConfig = SamplerConfig()
     seed: int = Field(0, description="seed of the members' noise (member k's noise comes from (seed, k))")
     num_actors: int = Field(2, ge=1, description="Ray actors sampling chunks of members in parallel")
-    out: str = Field("forecasts/forecast.zarr", description="output .zarr, .nc or .grib2 (probabilities and mean), local or "
-                     "s3:// (PNG maps go to <name>_maps beside it)")
+    out: str = Field("forecasts/forecast.zarr", description="output .zarr, .nc or .grib2 (probabilities and "
+                     "mean), local or s3:// (PNG maps go to <name>_maps beside it)")
     storage: StorageOptions = Field(StorageOptions(), description="object-store options for out (endpoint_url, "
                                     "anon, region)")
     quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9], description="member quantiles "
