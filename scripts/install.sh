@@ -12,7 +12,8 @@ stamp=.venv/.def_ray-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   python -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
-  python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
+  # the build backend's editable-install notice is a Python warning (a dozen lines); errors still show
+  PYTHONWARNINGS=ignore python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
   python -m pip check
   touch "$stamp"
 fi

@@ -23,7 +23,8 @@ def persistence(past: np.ndarray, lead_steps: int) -> np.ndarray:
 
 def extrapolation(past: np.ndarray, lead_steps: int, scale: Scale = "dbz", threshold: float = 10.0) -> np.ndarray:
     """Semi-Lagrangian advection of the last frame along the optical flow (pysteps)."""
-    from pysteps import nowcasts
+    with quiet_pysteps():  # its first import prints where its configuration file is
+        from pysteps import nowcasts
 
     field, floor, _ = to_log_scale(past, scale, threshold)
     velocity = optical_flow(past, scale, threshold)
@@ -41,7 +42,8 @@ def steps_ensemble(past: np.ndarray, lead_steps: int, members: int, *, seed: int
     The cascade depth follows the domain size (about one level per octave of the smaller side, at most 6), so the
     method works on the small crops used in tests and on full frames alike.
     """
-    from pysteps import nowcasts
+    with quiet_pysteps():
+        from pysteps import nowcasts
 
     if past.shape[0] < 3:
         raise ValueError(f"STEPS needs at least 3 past frames, got {past.shape[0]}")

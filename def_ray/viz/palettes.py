@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -63,7 +61,9 @@ def _nws_reflectivity() -> tuple[mcolors.BoundaryNorm, mcolors.Colormap]:
 
 @lru_cache(maxsize=2)
 def _pysteps(ptype: str) -> tuple[mcolors.Colormap, mcolors.Normalize, list[float]]:
-    with contextlib.redirect_stdout(io.StringIO()):  # pysteps announces its configuration file on import
+    from def_ray.data.advection import quiet_pysteps
+
+    with quiet_pysteps():  # pysteps announces its configuration file on import
         from pysteps.visualization.precipfields import get_colormap
     units = "mm/h" if ptype == "intensity" else "mm"
     with warnings.catch_warnings():  # pysteps still calls Colormap.set_over/set_bad/set_under
