@@ -5,8 +5,10 @@
 Both sides train configs/demo.yaml's diffusion model (AdamW, clipping, EMA) on full 32 x 32 frames of a 7-variable
 store, batch 8, with ONE torch thread (a Ray worker with 1 CPU runs with OMP_NUM_THREADS=1).  The Ray side is
 `def_ray.train.train` (Ray Data stream into a TorchTrainer worker); its time per step is that of the last epoch's
-training part (`epoch_time_s`, validation excluded).  The plain side reads the same windows through a torch
-DataLoader and times the same number of steps.  Overhead = Ray step time / plain step time - 1 (goal <= 10%).
+training part (`epoch_time_s`, validation excluded; the demo turns each window 8 times an epoch, so 8 passes).
+The plain sides: a torch DataLoader reading the same windows from Zarr (one pass an epoch), and the same batches
+held in memory, cycled for as many steps as the Ray epoch (compute only).  Overhead = Ray step time / plain step
+time - 1 (goal <= 10% against compute only).  On 2 cores the figure moves by a few percent from run to run.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def plain_epoch_times(cfg, wd, epochs: int, in_memory: bool = False) -> list[float]:
-    """Per-step times of a plain loop; `in_memory` pre-reads every batch (pure compute, no input cost at all)."""
+def plain_epoch_times(cfg, wd, epochs: int, in_memory: bool = False, steps: int | None = None) -> list[float]:
+    """Per-step times of a plain loop; `in_memory` pre-reads every batch (pure compute, no input cost at all) and
+    cycles through them for `steps` optimiser steps an epoch (default: one pass over the windows)."""
     import numpy as np
     import torch
     from torch.optim.swa_utils import AveragedModel
@@ -52,11 +55,13 @@ def plain_epoch_times(cfg, wd, epochs: int, in_memory: bool = False) -> list[flo
     model = build_model(cfg.model, wd.spec.cond_channels, wd.spec.target_channels)
     ema = AveragedModel(model, multi_avg_fn=ema_avg_fn(tc.ema_decay))
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps = wd.n_windows("train") // tc.batch_size
-    sched = lr_schedule(opt, tc.warmup_steps, steps * epochs)
     loader = DataLoader(Windows(), batch_size=tc.batch_size, shuffle=True, drop_last=True)
     if in_memory:
-        loader = list(loader)
+        batches = list(loader)
+        steps = steps or len(batches)
+        loader = [batches[i % len(batches)] for i in range(steps)]
+    steps = len(loader)
+    sched = lr_schedule(opt, tc.warmup_steps, steps * epochs)
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
@@ -103,8 +108,9 @@ def main() -> None:
         wd = prepare_windows(cfg.data)
         print(f"demo model, {wd.n_windows('train')} train windows of {wd.spec.shape}, batch {cfg.train.batch_size}, "
               f"{args.epochs} epochs, 1 torch thread on each side")
+        ray_steps = wd.n_windows("train") * cfg.data.crops_per_window // cfg.train.batch_size
         plain = plain_epoch_times(cfg, wd, args.epochs)
-        memory = plain_epoch_times(cfg, wd, args.epochs, in_memory=True)
+        memory = plain_epoch_times(cfg, wd, args.epochs, in_memory=True, steps=ray_steps)
         t0 = time.perf_counter()
         result = train(cfg)
         wall = time.perf_counter() - t0
@@ -114,8 +120,8 @@ def main() -> None:
     print(f"plain loop, DataLoader from Zarr  : {1000 * plain_step:7.1f} ms/step")
     print(f"TorchTrainer 1 worker, last epoch : {1000 * ray_step:7.1f} ms/step "
           f"(whole fit incl. start-up and validation: {wall:.1f} s)")
-    print(f"overhead vs plain DataLoader loop : {100 * (ray_step / plain_step - 1):+7.1f} %  (goal <= 10 %)")
-    print(f"overhead vs compute only          : {100 * (ray_step / memory[-1] - 1):+7.1f} %")
+    print(f"overhead vs plain DataLoader loop : {100 * (ray_step / plain_step - 1):+7.1f} %")
+    print(f"overhead vs compute only          : {100 * (ray_step / memory[-1] - 1):+7.1f} %  (goal <= 10 %)")
     ray.shutdown()
 
 

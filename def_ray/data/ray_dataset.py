@@ -287,14 +287,16 @@ class WindowDatasource(Datasource):
     the trainer's local shuffle buffer mixes blocks further.
     """
 
-    MIN_WINDOWS_PER_TASK = 16
+    MIN_WINDOWS_PER_TASK = 16  # distinct windows (repeats of one are not counted)
     MAX_WINDOWS_PER_TASK = 64
 
     def __init__(self, spec: WindowSpec, starts: np.ndarray, *, crop: int | None, shuffle: bool, seed: int,
                  block_bytes: int = 64 * 2**20, region_factor: int = 2, plan: CropPlan | None = None,
-                 augment: bool = False, same_every_pass: bool = False):
+                 augment: bool = False, same_every_pass: bool = False, repeats: int = 1):
         super().__init__()
-        self.spec, self.starts, self.crop, self.shuffle, self.seed = spec, np.sort(starts), crop, shuffle, seed
+        self.repeats = max(1, repeats)
+        self.spec, self.crop, self.shuffle, self.seed = spec, crop, shuffle, seed
+        self.starts = np.sort(np.repeat(starts, self.repeats))
         self.plan, self.augment, self.same_every_pass = plan, augment, same_every_pass
         self.region_edge = region_factor * crop if crop is not None else None
         ny, nx = spec.shape
@@ -312,8 +314,10 @@ class WindowDatasource(Datasource):
         p = 0 if self.same_every_pass else self._passes
         self._passes += 1
         n = len(self.starts)
-        # enough tasks to read in parallel, but not so many that per-task overhead dominates
-        want = min(max(parallelism, 1), max(1, n // self.MIN_WINDOWS_PER_TASK))
+        # enough tasks to read in parallel, but not so many that per-task overhead dominates; repeats of a window
+        # (crops_per_window) cost almost nothing to read, so the minimum counts distinct windows (measured in
+        # benchmarks/bench_trainer.py: 80 tasks an epoch instead of 20 slowed the demo's training by ~5%)
+        want = min(max(parallelism, 1), max(1, n // (self.MIN_WINDOWS_PER_TASK * self.repeats)))
         per_task = max(1, min(self.per_task, -(-n // want)))
         runs = _runs(self.starts, self.spec.n_past * self.spec.dt_steps + 1, per_task)
         order = np.random.default_rng((self.seed, p)).permutation(len(runs)) if self.shuffle else range(len(runs))
@@ -382,7 +386,7 @@ class WindowData:
         if (augment or sampling == "rain") and crop is None:
             raise WindowError("data.augment and data.crop_sampling 'rain' need square crops (data.crop)")
         plan = plan_rain_crops(self.spec, starts, crop) if sampling == "rain" else None
-        ds = WindowDatasource(self.spec, np.repeat(starts, max(1, repeats)), crop=crop, shuffle=shuffle, seed=seed,
+        ds = WindowDatasource(self.spec, starts, repeats=repeats, crop=crop, shuffle=shuffle, seed=seed,
                               block_bytes=block_bytes, plan=plan, augment=augment, same_every_pass=same_every_pass)
         return ray.data.read_datasource(ds)
 

@@ -119,6 +119,8 @@ class Tracker:
         return tracker
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.enabled:  # nor import mlflow (a second of a training worker's time)
+            return
         from mlflow.entities import Param
 
         flat = flatten(params)
@@ -131,8 +133,11 @@ class Tracker:
         self._guard("logging params", send)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        if not self.enabled:
+            return
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None]
