@@ -33,11 +33,11 @@ What is counted and how
   machine it says how much of the assumed peak the process was given at all.
 - GPU (``--device cuda``, ``--mode direct``): every grid is run at its real size.  A one-member pass measures memory
   (``torch.cuda.max_memory_allocated`` minus the weights), then members are batched (as many as fit in half the free
-  memory, at most 50 and at most ``--pass-flop-budget`` FLOPs per pass) and timed after a warm-up with CUDA
-  synchronisation; time per member-pass = pass time / batch.  Variants: ``bf16-cl`` (bf16 autocast, channels-last
-  weights and inputs), ``fp32`` (plain fp32; note cuDNN convolutions use TF32 unless
-  ``torch.backends.cudnn.allow_tf32`` is off, which the JSON records), optional ``bf16-cl-compile``
-  (``torch.compile``) and ``bf16-cl-cudnnbench`` (``torch.backends.cudnn.benchmark``).
+  memory, as the sampler's ``member_batch_size: auto`` sizes them, at most 50 and at most ``--pass-flop-budget``
+  FLOPs per pass) and timed after a warm-up with CUDA synchronisation; time per member-pass = pass time / batch.
+  Variants: ``bf16-cl`` (bf16 autocast, channels-last weights and inputs), ``fp32`` (plain fp32; note cuDNN
+  convolutions use TF32 unless ``torch.backends.cudnn.allow_tf32`` is off, which the JSON records), optional
+  ``bf16-cl-compile`` (``torch.compile``) and ``bf16-cl-cudnnbench`` (``torch.backends.cudnn.benchmark``).
 - Peak: CPU = cores x clock (/proc/cpuinfo) x fp32 FLOP per cycle per core (2 FMA pipes x SIMD lanes x 2; AMD Zen 4
   runs AVX-512 on two 256-bit pipes: 32 FLOP/cycle), printed with the figures it comes from.  GPU H200: dense bf16
   989 TFLOP/s by the datasheet (about 790 measured for big matmuls on this workplace's machines), fp32 67 TFLOP/s.
@@ -67,6 +67,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from def_ray.models.memory import PeakMemory, members_that_fit  # noqa: E402
 
 CONFIGS = ["configs/diffusion_4090.yaml", "configs/diffusion_production.yaml", "configs/mrms_qpe_conus.yaml",
            "configs/demo.yaml"]
@@ -165,49 +167,6 @@ def cpu_peak(threads: int) -> dict[str, object]:
     return {"model": model, "vendor": vendor, "ghz": ghz, "cores": cores, "flop_per_cycle": per_cycle,
             "peak_flops": cores * ghz * 1e9 * per_cycle,
             "how": f"{cores} cores x {ghz:.3f} GHz (/proc/cpuinfo 'cpu MHz') x {per_cycle} fp32 FLOP/cycle ({why})"}
-
-
-# -- memory ------------------------------------------------------------------------------------------------------------
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class PeakMemory:
-    """Peak bytes above the level at entry: CUDA allocator (max_memory_allocated) or process VmHWM on the CPU."""
-
-    def __init__(self, device: torch.device, base: int | None = None):
-        self.device, self.base, self.peak = device, base, float("nan")
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated() if self.base is None else self.base
-        else:
-            self.ok = _reset_hwm()
-            self.base = _status_kib("VmRSS") * 1024 if self.base is None else self.base
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.peak = (_status_kib("VmHWM") * 1024 - self.base) if self.ok else float("nan")
-        return False
 
 
 def _sync(device: torch.device) -> None:
@@ -471,12 +430,11 @@ def run_direct(args, emit) -> None:
                         run1()
                     first_s = time.perf_counter() - t_c
                     per_member = pm.peak
-                    del run1
                     budget_flop = args.pass_flop_budget if bf16 else args.pass_flop_budget / 8
                     batch = max(1, min(MEMBERS, int(budget_flop // fl["total"])))
-                    if device.type == "cuda":
-                        free = torch.cuda.mem_get_info(device)[0]
-                        batch = max(1, min(batch, int(0.5 * free // max(per_member, 1))))
+                    if device.type == "cuda":  # as the sampler's member_batch_size "auto" sizes it
+                        batch = members_that_fit(run1, device, batch)
+                    del run1
                     if compiled and batch != 1:
                         batch = 1  # another shape would compile again
                     run = make_pass(net, cfg, layout, batch, h, w, device, bf16=bf16, channels_last=cl)

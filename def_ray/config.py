@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -274,8 +274,10 @@ class SamplerConfig(_Section):
     steps: int | None = Field(10, ge=1, description="denoising steps (network evaluations) per member; None = all "
                                   "T for ddpm, 20 for the others. Default unipc 10 = half the passes of dpmpp 20 at "
                                   "its CRPS (benchmarks/README.md, issue 19)")
-    member_batch_size: int = Field(10, ge=1, description="members sampled together in one network batch (memory "
-                                   "vs speed; the members do not depend on it)")
+    member_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        10, description="members sampled together in one network batch (memory vs speed; the members do not depend "
+        "on it); 'auto': as many as fit in half the free memory of the device that samples them (the GPU's, or the "
+        "machine's available memory on the CPU), measured by one member's network pass at sampling time")
     spread_scale: float = Field(1.0, gt=0, description="scales the sampling noise (initial and per-step); 1 = "
                                 "faithful, > 1 wider ensemble")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM stochasticity (0 = deterministic); ignored by every other sampler")

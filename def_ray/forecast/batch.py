@@ -69,7 +69,7 @@ def sample_with_actors(model_uri: str, model_options: Mapping[str, Any], cond: n
                        num_actors: int, cpus: float, gpus: float, progress: bool = False) -> np.ndarray:
     """The ensemble (members, lead, n_targets, y, x), its chunks spread round-robin over `num_actors` actors; the
     conditioning goes into the object store once."""
-    chunks = member_chunks(members, options.member_batch_size)
+    chunks = member_chunks(members, options.member_batch_size, num_actors)
     n = max(1, min(num_actors, len(chunks)))
     actor_cls = ray.remote(MemberSampler).options(num_cpus=cpus, num_gpus=gpus)
     actors = [actor_cls.remote(model_uri, dict(model_options), max(1, int(cpus))) for _ in range(n)]

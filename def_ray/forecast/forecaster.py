@@ -342,7 +342,7 @@ class Forecaster:
                 "model_data_period": prov.get("data_period") or "",
                 "sampler": options.name, "steps": resolve_steps(options.name, options.steps, self.timesteps),
                 "seed": int(seed), "members": int(members), "lead_hours": int(lead_hours),
-                "member_batch_size": int(options.member_batch_size), "spread_scale": float(options.spread_scale),
+                "member_batch_size": options.member_batch_size, "spread_scale": float(options.spread_scale),
                 "eta": float(options.eta), "guidance": float(options.guidance),
                 "sampler_options": options.model_dump_json(),  # all of them (matching, tiling ...): regeneration reads it
                 "store": store_url, "n_past": self.n_past, "dt_steps": self.dt_steps,

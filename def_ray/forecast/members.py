@@ -7,7 +7,9 @@ copy on the same node), so the conditioning (about 230 MB at full CONUS) is not 
 sampler loads the network once, in ``__init__``, and keeps it resident for every call it serves (``resident``
 reports the loads and calls of its process; tests/forecast/test_conditioning_by_reference.py checks both). Ranges
 start on multiples of the member batch size (``member_chunks``), so each network batch holds the same members
-wherever it runs: results stay bit-identical even where kernels depend on the batch shape (cuDNN).
+wherever it runs: results stay bit-identical even where kernels depend on the batch shape (cuDNN). With the member
+batch "auto" each sampler sizes its batches from its own free memory: on the CPU members stay bit-identical, on CUDA
+they agree to the kernels' batch dependence (about 4e-4 of the unit spread, benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ from def_ray.forecast.forecaster import Forecaster
 __all__ = ["member_chunks", "member_ranges", "MemberSampler"]
 
 
-def member_chunks(members: int, chunk: int) -> list[tuple[int, int]]:
-    """(member_offset, count) pieces covering 0..members-1 in order."""
+def member_chunks(members: int, chunk: int | str, parts: int = 1) -> list[tuple[int, int]]:
+    """(member_offset, count) pieces covering 0..members-1 in order: of `chunk` members, or with the member batch
+    "auto" (each sampler sizes its batches from its free memory) `parts` nearly equal pieces."""
+    if chunk == "auto":
+        chunk = -(-members // max(1, parts))
     return [(start, min(chunk, members - start)) for start in range(0, members, chunk)]
 
 
-def member_ranges(members: int, parts: int, align: int) -> list[tuple[int, int]]:
-    """At most `parts` contiguous (member_offset, count) ranges, each made of whole chunks of `align` members."""
-    chunks = member_chunks(members, max(1, align))
+def member_ranges(members: int, parts: int, align: int | str) -> list[tuple[int, int]]:
+    """At most `parts` contiguous (member_offset, count) ranges, each made of whole chunks of `align` members
+    ("auto": one range per part)."""
+    chunks = member_chunks(members, align if align == "auto" else max(1, int(align)), parts)
     groups = np.array_split(np.arange(len(chunks)), max(1, min(parts, len(chunks))))
     return [(chunks[g[0]][0], sum(chunks[i][1] for i in g)) for g in groups if g.size]
 

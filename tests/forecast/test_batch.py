@@ -26,6 +26,7 @@ def job_files(tmp_path_factory):
 
 def test_member_chunks_cover_the_members_in_order():
     assert member_chunks(10, 4) == [(0, 4), (4, 4), (8, 2)]
+    assert member_chunks(10, "auto", 3) == [(0, 4), (4, 4), (8, 2)]  # each actor sizes its own batches
     assert member_chunks(3, 8) == [(0, 3)]
 
 

@@ -84,7 +84,7 @@ class ConvectionDDPM(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, members: int, sampler: str = "dpmpp", steps: int | None = None,
-               seed: int = 0, member_batch_size: int = 10, spread_scale: float = 1.0, member_offset: int = 0,
+               seed: int = 0, member_batch_size: int | str = 10, spread_scale: float = 1.0, member_offset: int = 0,
                eta: float = 0.0, guidance: float = 1.0, tile: int | None = None,
                tile_overlap: int | None = None) -> torch.Tensor:
         """An ensemble (members, C_t, H, W); see ``samplers.sample_ensemble`` for seeds, steps, spread_scale and

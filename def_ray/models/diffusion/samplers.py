@@ -69,7 +69,7 @@ tile.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -78,6 +78,7 @@ from diffusers import DPMSolverMultistepScheduler, HeunDiscreteScheduler, UniPCM
 
 from def_ray.config import SamplerName
 from def_ray.models.diffusion.schedule import SAMPLERS, sampling_scheduler, training_scheduler
+from def_ray.models.memory import members_that_fit
 from def_ray.models.unet import batch_invariant
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -244,13 +245,15 @@ def _noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.de
 
 @torch.no_grad()
 def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, members: int, target_channels: int, *,
-                    sampler: str = "dpmpp", steps: int | None = None, seed: int = 0, member_batch_size: int = 10,
-                    spread_scale: float = 1.0, member_offset: int = 0, eta: float = 0.0,
-                    guidance: float = 1.0, tile: int | None = None, tile_overlap: int | None = None) -> torch.Tensor:
+                    sampler: str = "dpmpp", steps: int | None = None, seed: int = 0,
+                    member_batch_size: int | Literal["auto"] = 10, spread_scale: float = 1.0, member_offset: int = 0,
+                    eta: float = 0.0, guidance: float = 1.0, tile: int | None = None,
+                    tile_overlap: int | None = None) -> torch.Tensor:
     """Draw ``members`` samples of the target given ``cond``; returns (members, C_t, H, W) float32.
 
     ``cond`` is (C_cond, H, W) or (1, C_cond, H, W) shared by all members, or (members, C_cond, H, W) with one
-    condition per member (autoregressive rollout). Members go through the network ``member_batch_size`` at a time.
+    condition per member (autoregressive rollout). Members go through the network ``member_batch_size`` at a time;
+    "auto": as many as fit in half the device's free memory, measured by one member's pass (``models.memory``).
     ``eta`` is DDIM's stochasticity (0 = deterministic DDIM; ignored by "ddpm", which is eta = 1, and by the
     deterministic solvers "dpmpp", "dpmpp3m", "unipc", "heun2"). ``steps`` are solver steps: one network pass each
     (``network_passes``: Heun two, but the last).
@@ -263,7 +266,7 @@ def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, memb
         cond = cond[None]
     if cond.ndim != 4 or cond.shape[0] not in (1, members):
         raise ValueError(f"cond must be (C, H, W), (1, C, H, W) or ({members}, C, H, W); got {tuple(cond.shape)}")
-    if members < 1 or member_batch_size < 1:
+    if members < 1 or (member_batch_size != "auto" and member_batch_size < 1):
         raise ValueError(f"members={members} and member_batch_size={member_batch_size} must be >= 1")
     if not spread_scale > 0:
         raise ValueError(f"spread_scale must be > 0, got {spread_scale}")
@@ -283,12 +286,23 @@ def sample_ensemble(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, memb
         denoiser = tiled_denoiser(denoiser, shape[1:], tile, tile_overlap or 0)
     out = torch.empty((members, *shape), dtype=torch.float32, device=device)
     with batch_invariant(device):
+        if member_batch_size == "auto":
+            member_batch_size = _members_that_fit(denoiser, timesteps, cond[:1], shape, members)
         for start in range(0, members, member_batch_size):
             stop = min(start + member_batch_size, members)
             gens = [member_generator(seed, member_offset + k) for k in range(start, stop)]
             c = cond[start:stop] if cond.shape[0] == members > 1 else cond.expand(stop - start, -1, -1, -1)
             out[start:stop] = _sample_batch(denoiser, timesteps, c, gens, shape, sampler, steps, spread_scale, eta)
     return out
+
+
+def _members_that_fit(denoiser: Denoiser, timesteps: int, cond: torch.Tensor, shape: tuple[int, ...],
+                      members: int) -> int:
+    """The member batch that fits the free memory: one member's pass measured (no random draws: members do not
+    change); a member holds at least its sampler state (the sample, the noise and the solver's history)."""
+    x = torch.zeros((1, *shape), dtype=torch.float32, device=cond.device)
+    t = torch.full((1,), timesteps - 1, dtype=torch.long, device=cond.device)
+    return members_that_fit(lambda: denoiser(x, t, cond), cond.device, members, floor_bytes=8 * x.nbytes)
 
 
 def _guided(denoiser: Denoiser, w: float) -> Denoiser:
