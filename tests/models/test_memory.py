@@ -25,13 +25,14 @@ def test_peak_memory_sees_what_a_pass_holds_on_the_cpu():
         _hold(64)()
     if not pm.ok:
         pytest.skip("this system does not let a process reset its peak resident set (/proc/self/clear_refs)")
-    # the 64 MiB tensor, plus at most the allocator's and the interpreter's slack
-    assert 64 * MIB <= pm.peak < 96 * MIB
+    # the 64 MiB tensor, give or take what the process hands back or touches meanwhile (measured 63.7 MiB once:
+    # pages of the interpreter's own released while the tensor was filled), plus the allocator's slack
+    assert 60 * MIB <= pm.peak < 96 * MIB
 
 
 def test_members_that_fit_divide_half_the_free_memory_by_one_members_pass():
     run = _hold(64)
-    # 64 MiB (to 96 MiB with slack) per member, half of 640 MiB free: 3 to 5 members
+    # 60 to 96 MiB per member (as above), half of 640 MiB free: 3 to 5 members
     assert 3 <= members_that_fit(run, "cpu", 50, free=640 * MIB) <= 5
     assert members_that_fit(run, "cpu", 50, free=16 * MIB) == 1       # never fewer than one
     assert members_that_fit(run, "cpu", 7, free=2**40) == 7          # never more than asked for
