@@ -60,6 +60,18 @@ def test_the_batch_job_puts_the_conditioning_once_whatever_the_number_of_chunks(
     assert len({f.hex() for f in firsts}) == 1  # the same reference in every call
 
 
+def test_auto_member_batches_give_each_actor_one_share_and_the_same_members(ray_session, parts, traffic):
+    ckpt, cond, norm, options = parts
+    puts, firsts = traffic
+    kw = dict(num_actors=2, cpus=0.5, gpus=0)
+    fixed = sample_with_actors(ckpt, {}, cond, 5, 1, options, 7, norm, **kw)
+    firsts.clear()
+    auto = options.model_copy(update={"member_batch_size": "auto"})
+    ens = sample_with_actors(ckpt, {}, cond, 5, 1, auto, 7, norm, **kw)
+    assert len(firsts) == 2  # one share per actor; each sizes its network batches from its own free memory
+    np.testing.assert_array_equal(ens, fixed)  # members do not depend on the batching (CPU)
+
+
 def test_a_sampler_actor_keeps_its_model_resident(ray_session, parts):
     ckpt, cond, norm, options = parts
     actor = ray.remote(MemberSampler).options(num_cpus=0.5).remote(ckpt)
