@@ -29,15 +29,14 @@ __all__ = ["member_chunks", "member_ranges", "MemberSampler"]
 def member_chunks(members: int, chunk: int | str, parts: int = 1) -> list[tuple[int, int]]:
     """(member_offset, count) pieces covering 0..members-1 in order: of `chunk` members, or with the member batch
     "auto" (each sampler sizes its batches from its free memory) `parts` nearly equal pieces."""
-    if chunk == "auto":
-        chunk = -(-members // max(1, parts))
+    chunk = -(-members // max(1, parts)) if chunk == "auto" else max(1, int(chunk))
     return [(start, min(chunk, members - start)) for start in range(0, members, chunk)]
 
 
 def member_ranges(members: int, parts: int, align: int | str) -> list[tuple[int, int]]:
     """At most `parts` contiguous (member_offset, count) ranges, each made of whole chunks of `align` members
     ("auto": one range per part)."""
-    chunks = member_chunks(members, align if align == "auto" else max(1, int(align)), parts)
+    chunks = member_chunks(members, align, parts)
     groups = np.array_split(np.arange(len(chunks)), max(1, min(parts, len(chunks))))
     return [(chunks[g[0]][0], sum(chunks[i][1] for i in g)) for g in groups if g.size]
 

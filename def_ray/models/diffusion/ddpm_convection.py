@@ -30,6 +30,8 @@ per-timestep loss by ab_t: uniform weight on F at every t, the v-prediction obje
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -84,8 +86,8 @@ class ConvectionDDPM(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, members: int, sampler: str = "dpmpp", steps: int | None = None,
-               seed: int = 0, member_batch_size: int | str = 10, spread_scale: float = 1.0, member_offset: int = 0,
-               eta: float = 0.0, guidance: float = 1.0, tile: int | None = None,
+               seed: int = 0, member_batch_size: int | Literal["auto"] = 10, spread_scale: float = 1.0,
+               member_offset: int = 0, eta: float = 0.0, guidance: float = 1.0, tile: int | None = None,
                tile_overlap: int | None = None) -> torch.Tensor:
         """An ensemble (members, C_t, H, W); see ``samplers.sample_ensemble`` for seeds, steps, spread_scale and
         tiling.
