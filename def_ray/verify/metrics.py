@@ -186,12 +186,29 @@ def spread_skill_ratio(forecast: xr.DataArray, truth: xr.DataArray, dim: Dims = 
     return np.sqrt((m + 1) / m) * spread / rmse
 
 
+def _spread_bins(var: np.ndarray, bins: int) -> tuple[np.ndarray, int]:
+    """Bin index of every point and the number of bins: the points where all members agree (zero variance, e.g.
+    dry in every member) form a bin of their own, the others `bins` equal-count bins.  Plain quantile edges
+    collapse when most points tie at zero: the whole domain would fall into one bin."""
+    agree = var <= 0
+    rest = var[~agree]
+    if not rest.size:
+        return np.zeros(var.shape, dtype=int), 1
+    edges = np.unique(np.quantile(rest, np.linspace(0, 1, bins + 1)))
+    n_rest = max(len(edges) - 1, 1)
+    which = np.clip(np.searchsorted(edges, var, side="right") - 1, 0, n_rest - 1)
+    if not agree.any():
+        return which, n_rest
+    return np.where(agree, 0, which + 1), n_rest + 1
+
+
 def spread_error_curve(forecast: xr.DataArray, truth: xr.DataArray, bins: int = 10,
                        member_dim: str = "member", min_share: float = 0.01) -> xr.Dataset:
-    """Does the spread mean something: points binned by their ensemble spread (equal-count bins), per bin the
-    corrected spread sqrt((M + 1) / M) * sqrt(mean var) and the RMSE of the ensemble mean (a consistent ensemble
-    lies on the diagonal), their count, and as attributes the correlation of spread with |error| over all points
-    and ``max_relative_deviation`` = max |spread / RMSE - 1| over bins holding at least `min_share` of the points.
+    """Does the spread mean something: points binned by their ensemble spread (a bin of the points where all
+    members agree, then equal-count bins), per bin the corrected spread sqrt((M + 1) / M) * sqrt(mean var) and the
+    RMSE of the ensemble mean (a consistent ensemble lies on the diagonal), their count, and as attributes the
+    correlation of spread with |error| over all points and ``max_relative_deviation`` = max |spread / RMSE - 1| over
+    bins holding at least `min_share` of the points (a bin where all agree and all are right counts as on it).
     Binning by the sample spread of M members pulls the end bins off the diagonal even for a consistent ensemble
     (about 14% for M = 20; tests/verify/test_metrics.py).
     """
@@ -203,16 +220,14 @@ def spread_error_curve(forecast: xr.DataArray, truth: xr.DataArray, bins: int = 
     err = (forecast.mean(member_dim) - truth).values.ravel()
     ok = np.isfinite(var) & np.isfinite(err)
     var, err = var[ok], err[ok]
-    edges = np.unique(np.quantile(var, np.linspace(0, 1, bins + 1)))
-    which = np.clip(np.searchsorted(edges, var, side="right") - 1, 0, max(len(edges) - 2, 0))
-    n_bins = max(len(edges) - 1, 1)
+    which, n_bins = _spread_bins(var, bins)
     count = np.bincount(which, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         spread = np.sqrt((m + 1) / m * np.bincount(which, weights=var, minlength=n_bins) / count)
         rmse = np.sqrt(np.bincount(which, weights=err * err, minlength=n_bins) / count)
         corr = float(np.corrcoef(np.sqrt(var), np.abs(err))[0, 1]) if var.size > 1 else float("nan")
     big = count >= min_share * max(count.sum(), 1)
-    dev = np.abs(spread / rmse - 1)
+    dev = np.where((spread == 0) & (rmse == 0), 0.0, np.abs(spread / rmse - 1))  # all agree and all right: on it
     ds = xr.Dataset({"spread": ("bin", spread), "rmse": ("bin", rmse), "count": ("bin", count)})
     ds.attrs.update(correlation=corr, members=m,
                     max_relative_deviation=float(np.nanmax(dev[big])) if big.any() else float("nan"))

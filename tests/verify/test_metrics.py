@@ -413,3 +413,27 @@ def test_spread_error_curve_is_diagonal_for_a_consistent_ensemble_and_not_for_an
     overconfident = mu[:, None] + 0.5 * sigma[:, None] * rng.standard_normal((200, 20, 50))
     c2 = spread_error_curve(xr.DataArray(overconfident, dims=("case", "member", "x")), truth)
     assert 0.4 < c2.attrs["max_relative_deviation"] < 0.7  # spread / RMSE ~ 0.5 / 1.1
+
+
+def test_spread_error_curve_gives_the_points_where_all_members_agree_a_bin_of_their_own():
+    from def_ray.verify.metrics import spread_error_curve
+
+    rng = np.random.default_rng(1)
+    # 95% of the points dry in every member: equal-count quantile edges alone would all be 0 there and put the
+    # whole domain into one bin, hiding how the wet points' spread relates to their error
+    n, wet = 20_000, 1_000
+    sigma = np.zeros(n)
+    sigma[:wet] = rng.uniform(0.2, 3.0, wet)
+    mu = np.where(sigma > 0, rng.normal(5, 1, n), 0.0)
+    truth = xr.DataArray(mu + sigma * rng.standard_normal(n), dims="x")
+    members = xr.DataArray(mu[None] + sigma[None] * rng.standard_normal((20, n)), dims=("member", "x"))
+    c = spread_error_curve(members, truth)
+    assert c.sizes["bin"] == 11 and int(c["count"][0]) == n - wet
+    assert float(c["spread"][0]) == 0 and float(c["rmse"][0]) == 0  # dry everywhere and right: on the diagonal
+    assert np.all(np.diff(c["spread"].values) > 0)
+    assert c.attrs["max_relative_deviation"] < 0.2
+    # rain where every member is dry: the all-agree bin has error and no spread, off the diagonal entirely
+    truth_wet = truth.copy()
+    truth_wet[wet:wet + 500] = 2.0
+    missed = spread_error_curve(members, truth_wet)
+    assert float(missed["rmse"][0]) > 0 and missed.attrs["max_relative_deviation"] == pytest.approx(1.0)
