@@ -186,6 +186,9 @@ def spread_skill_ratio(forecast: xr.DataArray, truth: xr.DataArray, dim: Dims = 
     return np.sqrt((m + 1) / m) * spread / rmse
 
 
+SPREAD_ERROR_MIN_MEMBERS = 4  # the spread-error curve splits the members into two halves of at least 2
+
+
 def _spread_bins(var: np.ndarray, bins: int) -> tuple[np.ndarray, int]:
     """Bin index of every point and the number of bins: the points where all members agree (zero variance, e.g.
     dry in every member) form a bin of their own, the others `bins` equal-count bins.  Plain quantile edges
@@ -205,29 +208,47 @@ def _spread_bins(var: np.ndarray, bins: int) -> tuple[np.ndarray, int]:
 def spread_error_curve(forecast: xr.DataArray, truth: xr.DataArray, bins: int = 10,
                        member_dim: str = "member", min_share: float = 0.01) -> xr.Dataset:
     """Does the spread mean something: points binned by their ensemble spread (a bin of the points where all
-    members agree, then equal-count bins), per bin the corrected spread sqrt((M + 1) / M) * sqrt(mean var) and the
-    RMSE of the ensemble mean (a consistent ensemble lies on the diagonal), their count, and as attributes the
-    correlation of spread with |error| over all points and ``max_relative_deviation`` = max |spread / RMSE - 1| over
-    bins holding at least `min_share` of the points (a bin where all agree and all are right counts as on it).
-    Binning by the sample spread of M members pulls the end bins off the diagonal even for a consistent ensemble
-    (about 14% for M = 20; tests/verify/test_metrics.py).
+    binning members agree, then equal-count bins), per bin the corrected spread sqrt((M + 1) / M) * sqrt(mean var)
+    and the RMSE of the ensemble mean (a consistent ensemble lies on the diagonal), their count, and as attributes
+    the correlation of the whole ensemble's spread with |error| over all points and ``max_relative_deviation`` =
+    max |spread / RMSE - 1| over bins holding at least `min_share` of the points (a bin where all agree and all
+    are right counts as on it).
+
+    Binning by the very members whose spread is then measured selects points whose sample spread came out small:
+    the lowest bin holds every point where all members happen to agree (dry in every member: spread exactly 0,
+    while the truth still rains there as often as the forecast says), so even a consistent ensemble would leave
+    the diagonal there, and its end bins by ~14 % for 20 members.  So the members are split into halves: the
+    points are binned by one half's variance, the other half's spread and ensemble-mean error are measured in
+    each bin (independent of the binning), the halves swap, and both are pooled.  For a consistent ensemble every
+    bin then lies on the diagonal in expectation (tests/verify/test_metrics.py).
     """
     forecast, truth = _checked("spread_error_curve", forecast, truth, member_dim, ensemble=True)
     m = _members(forecast, member_dim)
-    if m < 2:
-        raise ValueError(f"spread_error_curve: needs at least 2 members along {member_dim!r}, got {m}")
-    var = forecast.var(member_dim, ddof=1).values.ravel()
-    err = (forecast.mean(member_dim) - truth).values.ravel()
-    ok = np.isfinite(var) & np.isfinite(err)
-    var, err = var[ok], err[ok]
-    which, n_bins = _spread_bins(var, bins)
-    count = np.bincount(which, minlength=n_bins)
+    if m < SPREAD_ERROR_MIN_MEMBERS:
+        raise ValueError(f"spread_error_curve: needs at least {SPREAD_ERROR_MIN_MEMBERS} members along "
+                         f"{member_dim!r} (two halves of 2), got {m}")
+    halves = [forecast.isel({member_dim: slice(0, m // 2)}), forecast.isel({member_dim: slice(m // 2, m)})]
+    var = [h.var(member_dim, ddof=1).values.ravel() for h in halves]
+    err = [(h.mean(member_dim) - truth).values.ravel() for h in halves]
+    ok = np.isfinite(var[0]) & np.isfinite(var[1]) & np.isfinite(err[0]) & np.isfinite(err[1])
+    var, err = [v[ok] for v in var], [e[ok] for e in err]
+    which, n_bins = _spread_bins(np.concatenate(var), bins)
+    by = np.split(which, 2)
+    count, spread2, se = np.zeros(n_bins), np.zeros(n_bins), np.zeros(n_bins)
+    for binning, measured in ((0, 1), (1, 0)):
+        size = halves[measured].sizes[member_dim]
+        count += np.bincount(by[binning], minlength=n_bins)
+        spread2 += (size + 1) / size * np.bincount(by[binning], weights=var[measured], minlength=n_bins)
+        se += np.bincount(by[binning], weights=err[measured] ** 2, minlength=n_bins)
+    whole_var = forecast.var(member_dim, ddof=1).values.ravel()[ok]
+    whole_err = (forecast.mean(member_dim) - truth).values.ravel()[ok]
     with np.errstate(invalid="ignore", divide="ignore"):
-        spread = np.sqrt((m + 1) / m * np.bincount(which, weights=var, minlength=n_bins) / count)
-        rmse = np.sqrt(np.bincount(which, weights=err * err, minlength=n_bins) / count)
-        corr = float(np.corrcoef(np.sqrt(var), np.abs(err))[0, 1]) if var.size > 1 else float("nan")
+        spread, rmse = np.sqrt(spread2 / count), np.sqrt(se / count)
+        corr = (float(np.corrcoef(np.sqrt(whole_var), np.abs(whole_err))[0, 1]) if whole_var.size > 1
+                else float("nan"))
+        dev = np.where((spread == 0) & (rmse == 0), 0.0, np.abs(spread / rmse - 1))
+    count = (count / 2).astype(int)  # each point is counted once per half
     big = count >= min_share * max(count.sum(), 1)
-    dev = np.where((spread == 0) & (rmse == 0), 0.0, np.abs(spread / rmse - 1))  # all agree and all right: on it
     ds = xr.Dataset({"spread": ("bin", spread), "rmse": ("bin", rmse), "count": ("bin", count)})
     ds.attrs.update(correlation=corr, members=m,
                     max_relative_deviation=float(np.nanmax(dev[big])) if big.any() else float("nan"))

@@ -130,6 +130,7 @@ def score(forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray, thresholds
             if m > 1:
                 row["spread"] = float(metrics.ensemble_spread(f, t))
                 row["spread_skill"] = float(metrics.spread_skill_ratio(f, t))
+            if m >= metrics.SPREAD_ERROR_MIN_MEMBERS:
                 curve = metrics.spread_error_curve(f, t)
                 row["spread_error"] = {"spread": [_num(x) for x in curve["spread"].values],
                                        "rmse": [_num(x) for x in curve["rmse"].values],

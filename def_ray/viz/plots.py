@@ -26,8 +26,8 @@ def _figure(nrows: int, ncols: int, w: float, h: float, **kw):
     return plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained", **kw)
 
 
-def _ensembles(forecasts: Mapping[str, xr.DataArray]) -> dict[str, xr.DataArray]:
-    return {k: v for k, v in forecasts.items() if v.sizes["member"] > 1}
+def _ensembles(forecasts: Mapping[str, xr.DataArray], min_members: int = 2) -> dict[str, xr.DataArray]:
+    return {k: v for k, v in forecasts.items() if v.sizes["member"] >= min_members}
 
 
 def _event(truth: xr.DataArray, thr: float) -> str:
@@ -133,13 +133,14 @@ def spread_error_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: 
     units = truth.attrs.get("units", "")
     for ax, lead in zip(axes[0], leads):
         top = 0.0
-        for name, fc in _ensembles(forecasts).items():
+        for name, fc in _ensembles(forecasts, metrics.SPREAD_ERROR_MIN_MEMBERS).items():
             c = metrics.spread_error_curve(_at(fc, lead), _at(truth, lead))
             ax.plot(c["spread"], c["rmse"], "o-", label=f"{name} (r = {c.attrs['correlation']:.2f})")
             top = max(top, float(np.nanmax(c["spread"])), float(np.nanmax(c["rmse"])))
         ax.plot([0, top], [0, top], "k:", lw=1, label="consistent")
         ax.set(xlabel=f"ensemble spread ({units})", ylabel=f"RMSE of the ensemble mean ({units})",
-               title=f"spread-error, {lead_label(lead, step_minutes)}\n(all members agree, then 10 equal-count bins)")
+               title=f"spread-error, {lead_label(lead, step_minutes)}\n"
+                     "(binned by half the members, measured on the rest)")
         ax.legend(fontsize=8)
     return _save(fig, path)
 
