@@ -13,9 +13,9 @@ What a writer promises (the "nothing lost" rule of the design):
 
 What is written is standard (`cf_conventions`, applied by `write_forecast` and `netcdf_bytes`): each variable with
 its CF `standard_name` where CF has one, the threshold coordinate with units and a long_name, probabilities in
-units "1" with a long_name naming the variable and its threshold units.  Zarr is written v3 without consolidated
-metadata (not part of the v3 spec); tools of the Panoply class open the NetCDF form (`.nc`; `def-ray demo` writes
-both).
+units "1" with a long_name naming the variable and its threshold units.  Zarr is written v3 with consolidated
+metadata (a plain ``xr.open_zarr(path)`` opens it quietly); tools of the Panoply class open the NetCDF form (`.nc`;
+`def-ray demo` writes both).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,15 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
         if {"member", "lead_time"} <= set(v.dims):
             enc[name] = {"chunks": tuple(1 if d in ("member", "lead_time") else s for d, s in v.sizes.items())}
     return enc
+
+
+def _to_zarr(ds: xr.Dataset, where: Any, **kwargs: Any) -> None:
+    """A new Zarr v3 store with consolidated metadata in its root zarr.json, so that a plain ``xr.open_zarr(path)``
+    opens it without a warning (zarr-python warns, at write time only, that v3 has no consolidated metadata in its
+    specification yet; readers that ignore it read the arrays' own metadata)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        ds.to_zarr(where, mode="w-", zarr_format=3, consolidated=True, encoding=_encoding(ds), **kwargs)
 
 
 def _targets(ds: xr.Dataset) -> list[str]:
@@ -189,7 +199,7 @@ def _write_local(ds: xr.Dataset, dest: Path, fmt: str, overwrite: bool) -> str:
     tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         if fmt == "zarr":
-            ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=_encoding(ds))
+            _to_zarr(ds, tmp)
         elif fmt == "grib2":
             tmp.write_bytes(_file_bytes(ds, fmt))
         else:
@@ -255,8 +265,7 @@ def _write_remote(ds: xr.Dataset, path: str, fmt: str, opts: dict[str, Any], ove
     tmp_url = f"{path.rstrip('/').rsplit('/', 1)[0]}/.{posixpath.basename(remote)}.tmp-{uuid.uuid4().hex[:8]}"
     _, tmp = fsspec.core.url_to_fs(tmp_url, **opts)
     try:
-        ds.to_zarr(tmp_url, mode="w-", zarr_format=3, consolidated=False, storage_options=opts,
-                   encoding=_encoding(ds))
+        _to_zarr(ds, tmp_url, storage_options=opts)
         fs.invalidate_cache()
         if overwrite and fs.exists(remote):
             fs.rm(remote, recursive=True)

@@ -66,6 +66,18 @@ def test_round_trip_local_refuses_to_replace_unless_asked(tmp_path, name):
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [name]
 
 
+def test_a_plain_open_zarr_of_the_forecast_is_quiet_and_complete(tmp_path):
+    import warnings
+
+    ens, ds = _dataset()
+    path = write_forecast(ds, str(tmp_path / "f.zarr"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Failed to open Zarr store with consolidated metadata"
+        back = xr.open_zarr(path).load()
+    assert set(back.data_vars) == set(cf_conventions(ds).data_vars)
+    np.testing.assert_array_equal(back["refc"].values, ens[:, :, 0])
+
+
 @pytest.mark.parametrize("name", ["out.zarr", "out.nc"])
 def test_refuses_other_things_at_the_path(tmp_path, name):
     _, ds = _dataset()
