@@ -139,8 +139,7 @@ def spread_error_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: 
             top = max(top, float(np.nanmax(c["spread"])), float(np.nanmax(c["rmse"])))
         ax.plot([0, top], [0, top], "k:", lw=1, label="consistent")
         ax.set(xlabel=f"ensemble spread ({units})", ylabel=f"RMSE of the ensemble mean ({units})",
-               title=f"spread-error, {lead_label(lead, step_minutes)}\n"
-                     "(binned by half the members, measured on the rest)")
+               title=f"spread-error, {lead_label(lead, step_minutes)}\n(bins from half the members)")
         ax.legend(fontsize=8)
     return _save(fig, path)
 
