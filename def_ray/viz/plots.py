@@ -127,18 +127,23 @@ def spread_skill_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: 
 def spread_error_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray,
                       step_minutes: float | None = None) -> Path:
     """Binned spread against the RMSE of the ensemble mean in each bin, one panel per lead of the data: on the
-    diagonal, spread means what it says."""
+    diagonal, spread means what it says.  Log axes with equal scales (the bins span light to heavy rain, and the
+    diagonal stays at 45 degrees); the shaded band is spread within 20 % of the RMSE (|spread / RMSE - 1| <= 0.2)."""
     leads = _leads(truth)
-    fig, axes = _figure(1, len(leads), 4.6, 4.3)
+    fig, axes = _figure(1, len(leads), 4.6, 4.6)
     units = truth.attrs.get("units", "")
     for ax, lead in zip(axes[0], leads):
-        top = 0.0
+        values = []
         for name, fc in _ensembles(forecasts, metrics.SPREAD_ERROR_MIN_MEMBERS).items():
             c = metrics.spread_error_curve(_at(fc, lead), _at(truth, lead))
             ax.plot(c["spread"], c["rmse"], "o-", label=f"{name} (r = {c.attrs['correlation']:.2f})")
-            top = max(top, float(np.nanmax(c["spread"])), float(np.nanmax(c["rmse"])))
-        ax.plot([0, top], [0, top], "k:", lw=1, label="consistent")
-        ax.set(xlabel=f"ensemble spread ({units})", ylabel=f"RMSE of the ensemble mean ({units})",
+            values += [v for v in (*c["spread"].values, *c["rmse"].values) if np.isfinite(v) and v > 0]
+        lo, hi = (min(values) / 1.5, max(values) * 1.5) if values else (1e-2, 1.0)
+        line = np.geomspace(lo, hi, 50)
+        ax.fill_between(line, line / 1.2, line / 0.8, color="0.85", lw=0, label="within 20 %")
+        ax.plot(line, line, "k:", lw=1, label="consistent")
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), aspect="equal",
+               xlabel=f"ensemble spread ({units})", ylabel=f"RMSE of the ensemble mean ({units})",
                title=f"spread-error, {lead_label(lead, step_minutes)}\n(bins from half the members)")
         ax.legend(fontsize=8)
     return _save(fig, path)

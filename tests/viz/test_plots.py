@@ -86,3 +86,21 @@ def test_no_plot_says_lead_1_for_other_leads(tmp_path, figures):
     assert "lead 1" not in text and "lead 5" in text
     fss = [f for f in figures if "FSS" in " ".join(_titles(f))][0]
     assert np.allclose(fss.axes[0].get_lines()[0].get_xdata(), [1, 3])
+
+
+def test_spread_error_axes_are_equal_log_scales_with_the_20_percent_band(tmp_path, figures):
+    fc, truth = _case(leads=(1, 2))
+    plots.spread_error_plot(tmp_path / "s.png", fc, truth)
+    fig = figures[-1]
+    for ax in fig.axes:
+        assert ax.get_xscale() == ax.get_yscale() == "log"
+        assert ax.get_xlim() == pytest.approx(ax.get_ylim()) and ax.get_aspect() == 1.0  # the diagonal at 45 degrees
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert "persistence" not in " ".join(lines)  # a single member has no spread
+        x, y = lines["consistent"].get_data()
+        assert np.allclose(x, y)
+        band = ax.collections[0].get_paths()[0].vertices  # spread within 20 % of the RMSE: RMSE in [x / 1.2, x / 0.8]
+        inner = band[(band[:, 0] > x[1]) & (band[:, 0] < x[-2])]
+        assert np.allclose(np.sort(np.unique(np.round(inner[:, 1] / inner[:, 0], 6))), [1 / 1.2, 1 / 0.8])
+        spread, rmse = lines[next(k for k in lines if k.startswith("diffusion"))].get_data()
+        assert ax.get_xlim()[0] < np.min(spread) and np.max(rmse) < ax.get_ylim()[1]  # every bin in view
