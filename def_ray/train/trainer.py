@@ -143,14 +143,16 @@ def _with_chosen_sampler(cfg: Config, wd: Any, state: Any, description: Any, tra
     d = cfg.data
     windows = wd.windows("val", cfg.train.choice_windows, crop=d.crop if d.val_crop else None,
                          sampling=d.crop_sampling if d.val_crop else "uniform", seed=cfg.train.seed + 1)
-    options, table = choose_sampler(cfg, model, wd.spec.layout, windows, km_per_pixel=description.km_per_pixel,
+    options, table = choose_sampler(cfg, model, wd.spec.layout, windows, wd.spec.normaliser,
+                                    km_per_pixel=description.km_per_pixel,
                                     step_minutes=description.step_seconds / 60 if description.step_seconds else None)
     picked = next(c for c in table if (c.spread_scale, c.guidance) == (options.spread_scale, options.guidance))
-    rule = (f"validation split, {windows['cond'].shape[0]} windows x {cfg.train.val_members} members: spread/skill "
-            "closest to 1 among the candidates within 2% of the best CRPS")
+    rule = (f"validation split, {windows['cond'].shape[0]} windows x {cfg.train.val_members} members: the smallest "
+            "|log spread/skill| + relative reliability (at forecast.thresholds) among the candidates within 2% of "
+            "the best CRPS")
     print(f"[def-ray] sampler chosen on validation: spread_scale {options.spread_scale:g}, guidance "
-          f"{options.guidance:g} (CRPS {picked.crps:.4f}, spread/skill {picked.spread_skill:.3f}; "
-          f"{len(table)} candidates)", flush=True)
+          f"{options.guidance:g} (CRPS {picked.crps:.4f}, spread/skill {picked.spread_skill:.3f}, reliability "
+          f"{picked.reliability:.3f}; {len(table)} candidates)", flush=True)
     tracker.set_tag("sampler_choice", f"spread_scale={options.spread_scale:g} guidance={options.guidance:g}")
     return replace(description, sampler={**options.model_dump(mode="json"), "chosen_by": rule,
                                          "candidates": [c.row() for c in table]})

@@ -1,8 +1,9 @@
-"""What a training run prints: one line per epoch (printed by the driver, once), and none of Ray's progress bars,
-execution banners or report echoes unless --verbose."""
+"""What a training run prints: one line per epoch (printed by the driver, once), one line for the sampler chosen on
+validation, and none of Ray's progress bars, execution banners or report echoes unless --verbose."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def test_verbose_is_an_option_of_the_commands_that_train():
 
 
 SCRIPT = textwrap.dedent("""
-    import sys
+    import json, sys
     from def_ray.testing import tiny_config, tiny_store
     from def_ray.train.console import connect_ray
     from def_ray.train.trainer import train
@@ -53,10 +54,12 @@ SCRIPT = textwrap.dedent("""
                       train={"epochs": 3, "num_workers": 1, "cpus_per_worker": 1, "batch_size": 2,
                              "storage_path": f"{out}/runs", "run_name": "console", "val_members": 2,
                              "val_windows": 1, "val_steps": 2, "warmup_steps": 1, "bf16": False,
-                             "choose_sampler": False},
+                             "choose_sampler": True, "spread_scales": [1.0, 1.5], "choice_windows": 2},
                       tracking={"enabled": False})
     connect_ray()
     train(cfg)
+    from def_ray.models.checkpoint import read_checkpoint
+    print("SAMPLER", json.dumps(read_checkpoint(f"{out}/runs/console/best.pt", build=False).description["sampler"]))
 """)
 
 
@@ -73,6 +76,13 @@ def test_a_training_run_prints_one_line_per_epoch_and_no_bars(tmp_path):
     assert [line.split(":")[0] for line in epoch_lines] == [f"[def-ray] epoch {k}/3" for k in (1, 2, 3)], out
     assert "ETA" in epoch_lines[0] and epoch_lines[-1].endswith("done")
     assert "val CRPS" in epoch_lines[0] and "s/epoch" in epoch_lines[0]
+    # the sampler chosen on validation: one line, and the checkpoint keeps the choice, its rule and every candidate
+    chosen = [line for line in out.splitlines() if line.startswith("[def-ray] sampler chosen on validation")]
+    assert len(chosen) == 1 and "spread/skill" in chosen[0] and "reliability" in chosen[0], out[-3000:]
+    sampler = json.loads(next(line for line in out.splitlines() if line.startswith("SAMPLER "))[len("SAMPLER "):])
+    assert sampler["spread_scale"] in (1.0, 1.5) and "reliability" in sampler["chosen_by"]
+    assert [c["spread_scale"] for c in sampler["candidates"]] == [1.0, 1.5]
+    assert all({"crps", "spread_skill", "reliability"} <= set(c) for c in sampler["candidates"])
     for noise in ("\r", "\x1b[A", "Running Dataset", "Reporting training result", "Checkpoint successfully created",
                   "Started training worker group", "Starting execution of Dataset", "RayTrainWorker"):
         assert noise not in out, f"{noise!r} in the console:\n{out[-3000:]}"
