@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
@@ -145,6 +146,10 @@ def spread_error_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: 
         ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), aspect="equal",
                xlabel=f"ensemble spread ({units})", ylabel=f"RMSE of the ensemble mean ({units})",
                title=f"spread-error, {lead_label(lead, step_minutes)}\n(bins from half the members)")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 5 x 10^k; no crowded minor labels
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=8)
     return _save(fig, path)
 

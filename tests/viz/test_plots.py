@@ -95,6 +95,7 @@ def test_spread_error_axes_are_equal_log_scales_with_the_20_percent_band(tmp_pat
     for ax in fig.axes:
         assert ax.get_xscale() == ax.get_yscale() == "log"
         assert ax.get_xlim() == pytest.approx(ax.get_ylim()) and ax.get_aspect() == 1.0  # the diagonal at 45 degrees
+        assert ax.xaxis.get_major_formatter()(0.2) == ax.yaxis.get_major_formatter()(0.2) == "0.2"  # plain numbers
         lines = {line.get_label(): line for line in ax.get_lines()}
         assert "persistence" not in " ".join(lines)  # a single member has no spread
         x, y = lines["consistent"].get_data()
