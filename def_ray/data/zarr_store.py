@@ -288,12 +288,15 @@ def _probe(fs: fsspec.AbstractFileSystem, root: str) -> str:
         return "absent"
     if fs.isfile(root):
         return "foreign"
-    if not [p for p in fs.ls(root, detail=False) if posixpath.basename(p.rstrip("/")) != LOCK_NAME]:
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+    if not [n for n in names if n != LOCK_NAME]:
         return "absent"
     try:
         meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
     except (FileNotFoundError, ValueError):
-        return "foreign"
+        # beside our lock, a group document not (yet) readable is a create of ours under way (a racing writer is
+        # writing it: local files are not written atomically) or interrupted; without the lock it is someone else's
+        return "partial" if LOCK_NAME in names else "foreign"
     if meta.get("node_type") != "group" or "def_ray_store" not in meta.get("attributes", {}):
         return "foreign"
     return "store" if fs.exists(f"{root}/committed/zarr.json") else "partial"

@@ -171,6 +171,27 @@ def test_create_over_a_store_and_an_interrupted_create(tmp_path):
     assert _new(str(half)).variables == ["refc", "t2m"]
 
 
+
+def test_a_create_under_way_is_not_taken_for_a_foreign_path(tmp_path):
+    """A racing writer that holds the lock may be half-way through writing the group document (local files are
+    not written atomically): beside our lock that is a create of ours, not someone else's folder."""
+    busy = tmp_path / "busy.zarr"
+    busy.mkdir()
+    (busy / LOCK_NAME).touch()
+    (busy / "zarr.json").write_text('{"zarr_format": 3, "node_')  # cut off mid-write
+    ZarrStore.check_target(str(busy))  # no ForeignPathError
+    assert _new(str(busy)).variables == ["refc", "t2m"]  # taken under the lock as an interrupted create, redone
+    # the same half document without our lock is someone else's: refused and left as it was
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "zarr.json").write_text('{"zarr_format": 3, "node_')
+    with pytest.raises(ForeignPathError):
+        ZarrStore.check_target(str(other))
+    with pytest.raises(ForeignPathError):
+        _new(str(other))
+    assert sorted(p.name for p in other.iterdir()) == ["zarr.json"]
+
+
 @pytest.mark.parametrize("bad, match", [({"tile": -1}, "tile must be a whole number of grid points >= 1, got -1"),
                                         ({"tile": 0}, "tile must be"), ({"dt_seconds": 0}, "dt_seconds must be"),
                                         ({"variables": []}, "variables must be distinct"),
