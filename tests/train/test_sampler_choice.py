@@ -12,6 +12,8 @@ from def_ray.data.layout import ChannelLayout
 from def_ray.data.normalise import Normaliser
 from def_ray.train.sampler_choice import choose_sampler
 
+IDENTITY = Normaliser({"x": 0.0}, {"x": 1.0})  # model units are physical units
+
 
 class HalfSpreadModel:
     """Members ~ N(0, (0.5 * spread_scale)^2) per point, the truth ~ N(0, 1): spread_scale 2 is calibrated."""
@@ -40,9 +42,6 @@ def test_the_candidate_that_calibrates_the_spread_is_chosen():
     assert by_scale[2.0].crps < by_scale[1.0].crps and by_scale[2.0].crps < by_scale[3.0].crps
     # the forecast sampler's other settings are kept
     assert options.name == cfg.forecast.sampler.name and options.steps == cfg.forecast.sampler.steps
-
-
-IDENTITY = Normaliser({"x": 0.0}, {"x": 1.0})
 
 
 class BiasedWideModel:
