@@ -349,6 +349,9 @@ class TrainConfig(_Section):
         "CRPS for diffusion), last = the final epoch (its EMA weights for diffusion)")
     export_path: str | None = Field(None, description="exported checkpoint as one file; default "
                                                       "<storage_path>/<run>/best.pt")
+    promote: bool | None = Field(None, description="move the registry alias 'champion' to this run's registered "
+                                 "model: None = only when the model has no champion yet (a new version never "
+                                 "replaces the one being served unless asked), true = always, false = never")
     seed: int = Field(0, description="seed of the initial weights, shuffling, training noise and validation draws")
     # validation of the diffusion model: a small ensemble from a fast sampler on the EMA weights
     choose_sampler: bool = Field(False, description="after training, choose forecast.sampler's spread_scale and "

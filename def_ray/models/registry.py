@@ -2,8 +2,8 @@
 a local checkpoint file.
 
 Training (def_ray.train.publish) logs every exported checkpoint as an MLflow model of its run and registers it as
-``def-ray-diffusion`` or ``def-ray-deterministic`` (by model kind), with the alias ``champion`` moved to the new
-version.  Forecasts, the Serve app and verification then name a model by file, by URL or by MLflow URI:
+``def-ray-diffusion`` or ``def-ray-deterministic`` (by model kind); the alias ``champion`` goes to the new version
+when the model has none yet or the run says ``train.promote: true``.  Forecasts, the Serve app and verification then name a model by file, by URL or by MLflow URI:
 
     models:/def-ray-diffusion@champion      the version the alias points at
     models:/def-ray-diffusion/3             a version
@@ -29,7 +29,7 @@ __all__ = ["REGISTERED_NAMES", "CHAMPION", "MODEL_NAME", "RegistryError", "regis
            "tracking_uri_for", "is_mlflow_uri", "pin_model_uri", "resolve_mlflow_uri"]
 
 REGISTERED_NAMES = {"diffusion": "def-ray-diffusion", "deterministic": "def-ray-deterministic"}
-CHAMPION = "champion"  # the alias training moves to each newly registered version
+CHAMPION = "champion"  # the alias of the version to serve (train.promote)
 MODEL_NAME = "model"  # the name of the logged model in its run (runs:/<run_id>/model)
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 

@@ -1,4 +1,4 @@
-"""The exported checkpoint as an MLflow model of its training run, registered, with the alias ``champion``.
+"""The exported checkpoint as an MLflow model of its training run, registered, promoted to ``champion`` when asked.
 
 After training exports its checkpoint (one file, def_ray.models.checkpoint), `publish_model`:
 
@@ -8,8 +8,9 @@ After training exports its checkpoint (one file, def_ray.models.checkpoint), `pu
    (``(n_past, n_vars, y, x)`` float32 physical frames -> ``(members, lead, n_targets, y, x)`` float32 members,
    params members / seed / lead_hours / sampler / steps / store) and a tiny input example (the training means on
    the smallest grid the network takes; none for models with static fields, which need their store's grid);
-2. registers it as ``def-ray-diffusion`` or ``def-ray-deterministic`` (by model kind) and moves the alias
-   ``champion`` to the new version;
+2. registers it as ``def-ray-diffusion`` or ``def-ray-deterministic`` (by model kind) and points the alias
+   ``champion`` at the new version when ``promote`` says so (``train.promote``: by default only when the model has
+   no champion yet, so that an experiment never takes the alias from the version being served);
 3. tags the version and the run: ``mlflow.source.git.commit`` and ``code_version`` (package version + git commit,
    as the checkpoint's provenance records it), ``data_period`` (the training windows' times), ``exported_epoch``
    (1-based, as the console's "epoch n/N"), ``export`` and the checkpoint's sha256.
@@ -147,8 +148,11 @@ def _quiet() -> Iterator[None]:
 
 def publish_model(client: Any, tracking_uri: str, run_id: str, checkpoint_uri: str, description: ModelDescription,
                   config: Mapping[str, Any], *, storage_options: Mapping[str, Any] | None = None,
-                  exported_epoch: int | None = None, export: str = "best", alias: str = CHAMPION) -> dict[str, Any]:
-    """Log, register, alias and tag (see the module doc); returns {"name", "version", "model_uri", "tags"}.
+                  exported_epoch: int | None = None, export: str = "best", alias: str = CHAMPION,
+                  promote: bool | None = None) -> dict[str, Any]:
+    """Log, register, alias and tag (see the module doc); returns {"name", "version", "model_uri", "tags",
+    "promoted", "champion"}: model_uri is the alias when promoted, else the version; champion is the version the
+    alias points at afterwards (None when there is none).
 
     Raises on any MLflow failure: the caller guards it (Tracker._guard)."""
     import mlflow
@@ -172,9 +176,15 @@ def publish_model(client: Any, tracking_uri: str, run_id: str, checkpoint_uri: s
                              input_example=input_example_for(description, config), pip_requirements=_requirements(),
                              registered_model_name=name, await_registration_for=60)
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(name, alias, version)
+    champion = (client.get_registered_model(name).aliases or {}).get(alias)
+    promoted = champion is None if promote is None else bool(promote)
+    if promoted:
+        client.set_registered_model_alias(name, alias, version)
+        champion = version
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
         client.set_tag(run_id, key, value)
-    client.set_tag(run_id, "registered_model", f"models:/{name}/{version} (@{alias})")
-    return {"name": name, "version": version, "model_uri": f"models:/{name}@{alias}", "tags": tags}
+    client.set_tag(run_id, "registered_model", f"models:/{name}/{version}" + (f" (@{alias})" if promoted else ""))
+    return {"name": name, "version": version, "tags": tags, "promoted": promoted,
+            "champion": None if champion is None else str(champion),
+            "model_uri": f"models:/{name}@{alias}" if promoted else f"models:/{name}/{version}"}

@@ -152,8 +152,9 @@ class Tracker:
 
     def publish_model(self, checkpoint_uri: str, description: Any, config: Mapping[str, Any],
                       **options: Any) -> dict[str, Any] | None:
-        """The exported checkpoint logged as this run's MLflow model, registered, alias champion, tagged
-        (def_ray.train.publish); None when tracking is off or it failed (one warning, as every call here)."""
+        """The exported checkpoint logged as this run's MLflow model, registered, promoted to champion as `promote`
+        says, tagged (def_ray.train.publish); None when tracking is off or it failed (one warning, as every call
+        here)."""
         from def_ray.train.publish import publish_model
 
         return self._guard("logging and registering the model", lambda: publish_model(

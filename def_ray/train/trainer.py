@@ -36,7 +36,7 @@ class TrainResult:
     tracking_uri: str | None
     exported_metrics: dict[str, Any] = field(default_factory=dict)  # the exported epoch's metrics
     final_metrics: dict[str, Any] = field(default_factory=dict)
-    registered_model: str | None = None  # models:/NAME/VERSION when tracking registered the export (alias champion)
+    registered_model: str | None = None  # models:/NAME/VERSION when tracking registered the export (alias champion when promoted)
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
@@ -262,17 +262,22 @@ def train(cfg: Config, config_path: str | Path | None = None) -> TrainResult:
         tracker.set_tag("exported_checkpoint", export)
         tracker.set_tag("exported_epoch", str(epoch))
         tracker.set_tag("export", tc.export)
-        # the exported file as an MLflow model of this run, registered, alias "champion" (def_ray.train.publish)
+        # the exported file as an MLflow model of this run, registered, promoted as train.promote says
+        # (def_ray.train.publish)
         published = tracker.publish_model(export, description, cfg.dump(), exported_epoch=epoch, export=tc.export,
+                                          promote=tc.promote,
                                           storage_options=storage_opts if _is_remote(export) else None)
         registered = f"models:/{published['name']}/{published['version']}" if published else None
     tracker.end("FINISHED")
     kind = "diffusion" if diffusion else "deterministic"
     print(f"[def-ray] {kind} model: {tc.export} checkpoint, epoch {epoch}/{tc.epochs}, exported to {export} "
           f"(val_score {chosen_metrics.get('val_score')}); MLflow run {tracker.run_id} at {tracking_uri}", flush=True)
-    if registered:
+    if registered and published["promoted"]:
         print(f"[def-ray] registered as {registered}, alias {published['model_uri']} "
               f"(def-ray forecast --model {published['model_uri']})", flush=True)
+    elif registered:
+        print(f"[def-ray] registered as {registered} (def-ray forecast --model {registered}); the alias champion "
+              f"stays on version {published['champion'] or 'none'} (train.promote: true moves it)", flush=True)
     return TrainResult(run_name=tc.run_name, run_path=url, checkpoint_path=export, mlflow_run_id=tracker.run_id,
                        tracking_uri=tracking_uri, exported_metrics=dict(chosen_metrics),
                        final_metrics=dict(result.metrics or {}), registered_model=registered)

@@ -1,4 +1,4 @@
-"""The exported model in MLflow: logged as a pyfunc model of its run, registered, alias champion, tagged; loaded back
+"""The exported model in MLflow: logged as a pyfunc model of its run, registered, aliased champion when promoted, tagged; loaded back
 by models:/NAME@ALIAS (forecaster, pyfunc, `def-ray forecast`) it forecasts bit-identically the members of the
 file it came from.  Against the session's real `mlflow server` (sqlite backend) on loopback."""
 
@@ -94,19 +94,33 @@ def test_model_by_alias_forecasts_the_members_of_its_file(published, monkeypatch
     assert Forecaster.load(f"runs:/{run_id}/model", light=True).sha256 == from_file.sha256
 
 
-def test_a_new_export_takes_the_alias(published):
+def test_a_new_export_takes_the_alias_only_when_promoted(published):
+    """The first registration became champion (the fixture); a later one leaves it unless train.promote says so."""
     from mlflow import MlflowClient
 
     from def_ray.config import TrackingConfig
     from def_ray.train.tracking import Tracker
 
-    tracker = Tracker.start(TrackingConfig(tracking_uri=published["uri"], experiment="publish-test"), "again", None)
-    pub = tracker.publish_model(published["ckpt"], published["description"], published["cfg"].dump(),
-                                exported_epoch=1)
-    tracker.end()
-    assert int(pub["version"]) > int(published["pub"]["version"])
-    mv = MlflowClient(published["uri"]).get_model_version_by_alias("def-ray-diffusion", "champion")
-    assert mv.version == pub["version"]
+    client = MlflowClient(published["uri"])
+
+    def publish(promote):
+        tracker = Tracker.start(TrackingConfig(tracking_uri=published["uri"], experiment="publish-test"), "again",
+                                None)
+        pub = tracker.publish_model(published["ckpt"], published["description"], published["cfg"].dump(),
+                                    exported_epoch=1, promote=promote)
+        tracker.end()
+        return pub, client.get_model_version_by_alias("def-ray-diffusion", "champion").version, \
+            client.get_run(tracker.run_id).data.tags["registered_model"]
+
+    first = published["pub"]["version"]
+    for promote in (None, False):  # default: the model has a champion already; False: never
+        pub, champion, tag = publish(promote)
+        assert int(pub["version"]) > int(first) and champion == first
+        assert not pub["promoted"] and pub["champion"] == first
+        assert pub["model_uri"] == f"models:/def-ray-diffusion/{pub['version']}" and "@" not in tag
+    pub, champion, tag = publish(True)
+    assert pub["promoted"] and champion == pub["version"] == pub["champion"]
+    assert pub["model_uri"] == "models:/def-ray-diffusion@champion" and tag.endswith("(@champion)")
     published["pub"] = pub
 
 

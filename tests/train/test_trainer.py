@@ -52,7 +52,7 @@ def test_short_diffusion_run_trains_tracks_and_exports(ray_session, s3_store, ml
 
     store, runs, endpoint = s3_store
     cfg = make_config(store, runs, kind="diffusion", endpoint=endpoint,
-                      train={"epochs": 3, "keep_checkpoints": 2},
+                      train={"epochs": 3, "keep_checkpoints": 2, "promote": False},
                       tracking={"enabled": True, "tracking_uri": mlflow_server, "experiment": "trainer-test"})
     result = train(cfg)
 
@@ -79,10 +79,12 @@ def test_short_diffusion_run_trains_tracks_and_exports(ray_session, s3_store, ml
     exported = int(run.data.tags["exported_epoch"])
     assert lines[exported] == f"{result.exported_metrics['val_score']:.4g}", console
     assert f"best checkpoint, epoch {exported}/3" in console
-    # ... and the export is registered, alias champion, with the commit and the data period
-    version = MlflowClient(mlflow_server).get_model_version_by_alias("def-ray-diffusion", "champion")
-    assert version.run_id == result.mlflow_run_id
-    assert result.registered_model == f"models:/def-ray-diffusion/{version.version}"
+    # ... and the export is registered with the commit and the data period, not promoted (train.promote false)
+    assert result.registered_model.startswith("models:/def-ray-diffusion/")
+    version = MlflowClient(mlflow_server).get_model_version("def-ray-diffusion", result.registered_model.split("/")[-1])
+    assert version.run_id == result.mlflow_run_id and "champion" not in version.aliases
+    assert f"registered as {result.registered_model} (def-ray forecast" in console
+    assert "the alias champion stays on version" in console
     assert version.tags["exported_epoch"] == run.data.tags["exported_epoch"]
     assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["data_period"].startswith("2024-06-01")
     assert run.data.params["train.lr"] == str(cfg.train.lr) and run.data.params["model.kind"] == "diffusion"
