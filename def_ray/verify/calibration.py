@@ -101,3 +101,35 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
                     max_deviation_lower=float(np.nanquantile(boot_max, lo_q)),
                     max_deviation_upper=float(np.nanquantile(boot_max, hi_q)))
     return ds
+
+
+def calibrated_deviation(members: np.ndarray, threshold: float, valid: np.ndarray | None = None, bins: int = 10,
+                         min_count: int = 50, level: float = 0.9) -> dict[str, float]:
+    """What a calibrated ensemble would score on these cases: the largest reliability deviation when the truth is
+    one of the ensemble's own members.
+
+    If the ensemble is calibrated the truth is one more draw like any member, so scoring each member k (as truth)
+    against the probability of the other M - 1 members gives M draws of the max deviation a calibrated forecast of
+    the same cases would show: its storms, its spatial correlation, its bins of >= `min_count` points.  An observed
+    deviation above the upper of them is miscalibration, not the few cases verified; a tolerance below their median
+    cannot be told from noise on these cases.  `members` is (member, ...) values, `valid` a mask of the points scored
+    (default: finite everywhere).  Returns {"median", "upper" (the `level` quantile), "draws"}.
+    """
+    x = np.asarray(members, dtype="float64")
+    m = x.shape[0]
+    if m < 3:
+        raise ValueError(f"need at least 3 members to score one against the others, got {m}")
+    ok = np.isfinite(x).all(0) if valid is None else np.asarray(valid, dtype=bool) & np.isfinite(x).all(0)
+    if not ok.any():
+        return {"median": float("nan"), "upper": float("nan"), "draws": m}
+    event = x[:, ok] >= threshold  # (member, point)
+    count = event.sum(0)
+    draws = []
+    for k in range(m):
+        others = (count - event[k]) / (m - 1)
+        draws.append(reliability_against_truth(others, event[k], bins=bins, min_count=min_count).attrs["max_deviation"])
+    draws = np.asarray(draws)
+    finite = draws[np.isfinite(draws)]
+    if finite.size == 0:
+        return {"median": float("nan"), "upper": float("nan"), "draws": m}
+    return {"median": float(np.median(finite)), "upper": float(np.quantile(finite, level)), "draws": m}

@@ -23,7 +23,7 @@ from def_ray.data.lexicon import lookup
 from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import forecasters as fcs
-from def_ray.verify.calibration import deviation_interval, reliability_against_truth
+from def_ray.verify.calibration import calibrated_deviation, deviation_interval, reliability_against_truth
 from def_ray.verify.report import Cases, Plotter, rainy_tiles, run_forecasters, score, select_cases, write_report
 
 @dataclass
@@ -87,6 +87,11 @@ def calibration_table(probabilities: Mapping[str, np.ndarray], reference: np.nda
     return out
 
 
+def exceedance_probabilities(members: Mapping[str, np.ndarray], thresholds: Sequence[float]) -> dict[str, np.ndarray]:
+    """Each method's share of members at or above each threshold: (member, case, y, x) -> (case, threshold, y, x)."""
+    return {name: np.stack([(x >= thr).mean(0) for thr in thresholds], axis=1) for name, x in members.items()}
+
+
 def synthetic_calibration(cfg: Config, cases: Cases, probabilities: Mapping[str, np.ndarray],
                           thresholds: Sequence[float]) -> dict[str, Any]:
     """Reliability of each method's lead-1 probabilities against the synthetic process's exact probabilities."""
@@ -101,14 +106,22 @@ def synthetic_calibration(cfg: Config, cases: Cases, probabilities: Mapping[str,
     return calibration_table(probabilities, p_true, thresholds, blocks, min_count=50)
 
 
-def observed_calibration(cases: Cases, probabilities: Mapping[str, np.ndarray],
+def observed_calibration(cases: Cases, members: Mapping[str, np.ndarray],
                          thresholds: Sequence[float], min_count: int = 500) -> dict[str, Any]:
     """Reliability of each method's lead-1 probabilities against what happened (outcome frequency per bin), the
-    cases of one init time resampled together (tiles of one hour share their weather)."""
+    cases of one init time resampled together (tiles of one hour share their weather), and what a calibrated
+    ensemble of the same cases would score (def_ray.verify.calibration.calibrated_deviation).  `members`: each
+    method's lead-1 members (member, case, y, x)."""
     obs = cases.truth.isel(lead=0).values
     outcomes = np.stack([np.where(np.isfinite(obs), obs >= thr, np.nan) for thr in thresholds], axis=1)
     groups = cases.truth["init_time"].values.astype("datetime64[s]").astype(np.int64)
-    return calibration_table(probabilities, outcomes, thresholds, groups, min_count)
+    table = calibration_table(exceedance_probabilities(members, thresholds), outcomes, thresholds, groups, min_count)
+    for name, x in members.items():
+        for thr in thresholds:
+            cal = calibrated_deviation(x, thr, valid=np.isfinite(obs), min_count=min_count)
+            table[name][str(thr)]["calibrated_max_deviation"] = {"median": _f(cal["median"]),
+                                                                 "upper": _f(cal["upper"]), "draws": cal["draws"]}
+    return table
 
 
 def _f(x: float) -> float | None:
@@ -120,21 +133,28 @@ def _calibration_section(cal: Mapping[str, Any], observed: bool = False) -> str:
         head = ["## Reliability against what happened", "",
                 "Largest |mean forecast probability - observed frequency| over forecast-probability bins holding at "
                 "least 500 points (lead 1), its 90% interval from resampling the init times (the tiles of one hour "
-                "together), and the overall mean probability and frequency.", ""]
+                "together), what a calibrated ensemble would show on the same cases (each member scored as the truth "
+                "against the others: median and 90% of those draws; a deviation above them is miscalibration, a "
+                "tolerance below them cannot be checked on these cases), and the overall mean probability and "
+                "frequency.", ""]
     else:
         head = ["## Reliability against the known probabilities (synthetic process)", "",
                 "Largest |mean forecast probability - mean true probability| over forecast-probability bins holding "
                 "at least 50 points (lead 1), its 90% interval from resampling the cases in blocks of a cell's "
                 "longest life (how much of it the few cases verified could explain), and the overall mean "
                 "probabilities.", ""]
+    calibrated = "a calibrated ensemble: median (90%) | " if observed else ""
     lines = [*head,
-             "| method | threshold | max deviation | 90% interval | mean forecast | mean true |",
-             "|---|---|---|---|---|---|"]
+             f"| method | threshold | max deviation | 90% interval | {calibrated}mean forecast | mean true |",
+             "|---|---|---|---|---|---|" + ("---|" if observed else "")]
     for name, per in cal.items():
         for thr, r in per.items():
             dev, (lo, hi) = r["max_deviation"], r["max_deviation_interval"]
             interval = "–" if dev != dev else f"{lo:.3f} .. {hi:.3f}"
-            lines.append(f"| {name} | {thr} | {'–' if dev != dev else f'{dev:.3f}'} | {interval} | "
+            if observed:
+                c = r["calibrated_max_deviation"]
+                calibrated = "– | " if c["median"] is None else f"{c['median']:.3f} ({c['upper']:.3f}) | "
+            lines.append(f"| {name} | {thr} | {'–' if dev != dev else f'{dev:.3f}'} | {interval} | {calibrated}"
                          f"{r['mean_forecast']:.4f} | {r['mean_true']:.4f} |")
     return "\n".join(lines) + "\n"
 
@@ -190,13 +210,14 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
     forecasts = run_forecasters(cases, table, CaseProgress() if progress else None)
     scores = score(forecasts, cases.truth, thresholds, v.scales)
     sections, calibration = [], {}
-    probs = {name: np.stack([(fc.isel(lead=0) >= thr).mean("member").values for thr in thresholds], axis=1)
-             for name, fc in forecasts.items() if fc.sizes["member"] > 1}
+    members = {name: fc.isel(lead=0).transpose("member", "case", ...).values
+               for name, fc in forecasts.items() if fc.sizes["member"] > 1}
     if synth_truth:
-        calibration = synthetic_calibration(cfg, cases, probs, [t for t in thresholds if t > 0])
+        calibration = synthetic_calibration(cfg, cases, exceedance_probabilities(members, thresholds),
+                                            [t for t in thresholds if t > 0])
         sections.append(_calibration_section(calibration))
-    elif probs:
-        calibration = observed_calibration(cases, probs, thresholds)
+    elif members:
+        calibration = observed_calibration(cases, members, thresholds)
         sections.append(_calibration_section(calibration, observed=True))
     out = Path(out_dir or v.out)
     if plotter is not None:  # the plots speak km and hours, as the config and the store say

@@ -120,3 +120,58 @@ def test_calibration_table_against_outcomes_finds_a_bias_and_passes_a_calibrated
     assert good["max_deviation"] < 0.02 and biased["max_deviation"] == pytest.approx(0.2, abs=0.02)
     lo, hi = biased["max_deviation_interval"]
     assert lo > 0.15 and good["max_deviation_interval"][1] < 0.05 and good["min_count"] == 500
+
+
+def test_calibrated_deviation_is_the_finite_ensemble_deviation_of_a_perfect_ensemble():
+    """Members that are exchangeable draws of known probabilities p: with the truth one more such draw, the raw
+    share of M - 1 members is not on the diagonal (a bin of shares gathers points of several p: E[truth | share]
+    = E[p | share]), and that deviation is known in closed form from the binomial distribution of the shares.
+    The calibrated draws must find it (100 k points per p: per-bin noise <= 0.01), and members that all agree must
+    score 0 exactly."""
+    from scipy.stats import binom
+
+    from def_ray.verify.calibration import _bin_of, calibrated_deviation
+
+    rng = np.random.default_rng(0)
+    ps, m = np.array([0.15, 0.45, 0.75]), 20
+    p = np.repeat(ps, 100_000)
+    members = (rng.uniform(size=(m, p.size)) < p).astype(float)
+    got = calibrated_deviation(members, 0.5, min_count=500)
+
+    k = np.arange(m)  # how many of the other m - 1 members exceed
+    share = k / (m - 1)
+    _, which = _bin_of(share, 10)
+    weight = np.stack([binom.pmf(k, m - 1, q) for q in ps]) / len(ps)  # P(p, k)
+    expected = max(abs((weight[:, which == b] * share[which == b]).sum() - (weight[:, which == b].sum(1) * ps).sum())
+                   / weight[:, which == b].sum() for b in np.unique(which))
+    assert expected > 0.15  # sharp p (0.75 makes many 19-of-19 shares that verify 0.75): far off the diagonal
+    assert got["draws"] == m and got["median"] == pytest.approx(expected, abs=0.02)
+    assert got["median"] <= got["upper"] < expected + 0.04
+
+    same = np.repeat(members[:1], m, axis=0)  # every member the same field: the others always agree with it
+    assert calibrated_deviation(same, 0.5, min_count=500) == {"median": 0.0, "upper": 0.0, "draws": m}
+
+
+def test_calibrated_deviation_widens_with_spatially_correlated_members():
+    """The same probabilities with members constant over blocks of 625 points (a storm fills many pixels): as many
+    points but 625 times fewer independent ones, so the deviation a calibrated ensemble can show by chance grows
+    (per-bin noise x 25); outside `valid` nothing counts."""
+    from def_ray.verify.calibration import calibrated_deviation
+
+    rng = np.random.default_rng(1)
+    ps, m, block = np.array([0.15, 0.45, 0.75]), 20, 625
+    p = np.repeat(ps, 160)  # 480 blocks
+    draws = (rng.uniform(size=(m, p.size)) < p).astype(float)
+    independent = calibrated_deviation((rng.uniform(size=(m, p.size * block)) < np.repeat(p, block)).astype(float),
+                                       0.5, min_count=1500)
+    correlated = calibrated_deviation(np.repeat(draws, block, axis=1), 0.5, min_count=1500)
+
+    def spread(c):  # how far the 90 % draw lies above the median draw
+        return c["upper"] - c["median"]
+
+    # independent points: bins of >= 1500 points, noise ~0.01 a bin; blocks: bins of a few blocks, noise ~0.1
+    assert spread(independent) < 0.03 and spread(correlated) > 3 * spread(independent) + 0.03
+    valid = np.zeros(p.size * block, dtype=bool)
+    with pytest.raises(ValueError, match="at least 3 members"):
+        calibrated_deviation(draws[:2], 0.5)
+    assert np.isnan(calibrated_deviation(np.repeat(draws, block, axis=1), 0.5, valid=valid)["median"])

@@ -107,6 +107,26 @@ def test_verify_command_writes_the_report_with_known_truth_calibration(synthetic
         assert (tmp_path / "rep" / png).stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_verify_against_outcomes_reports_what_a_calibrated_ensemble_would_show(synthetic_cfg, tmp_path):
+    import yaml
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(synthetic_cfg.dump()))
+    assert verify_main(["--config", str(cfg_path), "--out", str(tmp_path / "rep"),
+                        "-o", "verify.thresholds=[0.0,10.0]"]) == 0  # dBZ levels the test hours reach
+    cal = json.loads((tmp_path / "rep" / "calibration_vs_observed.json").read_text())
+    assert set(cal) == {"steps"} and set(cal["steps"]) == {"0.0", "10.0"}
+    for thr, r in cal["steps"].items():
+        c = r["calibrated_max_deviation"]  # each of the 6 members scored against the other 5
+        assert c["draws"] == 6 and (c["median"] is None or 0 <= c["median"] <= c["upper"] <= 1), (thr, c)
+    assert any(r["calibrated_max_deviation"]["median"] is not None for r in cal["steps"].values())
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Reliability against what happened" in md and "| a calibrated ensemble: median (90%) |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| steps | 0.0 |"))
+    assert row.count("|") == 8  # method, threshold, deviation, interval, calibrated, mean forecast, mean true
+
+
 def test_bad_model_argument_is_a_clear_error(synthetic_cfg, tmp_path, capsys):
     import yaml
 
