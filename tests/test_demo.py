@@ -32,6 +32,15 @@ def test_quick_demo_runs_every_stage_and_ends_with_the_report(ray_session, tmp_p
     assert scores["diffusion"]["1"]["members"] == 6 and scores["steps"]["1"]["members"] == 6
     cal = json.loads((report / "calibration_vs_truth.json").read_text())
     assert {"diffusion", "steps"} <= set(cal)
+    # each model against each baseline with the intervals of the resampled init times
+    comparison = json.loads((report / "comparison.json").read_text())
+    assert set(comparison["methods"]) == {"diffusion", "deterministic"}
+    vs = comparison["methods"]["diffusion"]["1"]
+    assert set(vs) == {"persistence", "extrapolation", "steps"}
+    ratio, lo, hi = vs["steps"]["crps_ratio"]
+    assert lo <= ratio <= hi and ratio == pytest.approx(scores["diffusion"]["1"]["crps"] / scores["steps"]["1"]["crps"],
+                                                         rel=1e-6)
+    assert "## Differences against the baselines" in (report / "report.md").read_text()
     assert summary["report"] == str(report / "report.md")
 
     # and it is logged with the diffusion model's MLflow run

@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from def_ray.verify.significance import resample_weights
+
 
 def _bin_of(p: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Equal-width bin edges on [0, 1] and each probability's bin (the last bin includes 1)."""
@@ -79,12 +81,11 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
     sums = np.stack([np.bincount(index, weights=w, minlength=n_case * bins).reshape(n_case, bins)
                      for w in (None, f[ok], t[ok])])  # (count / forecast sum / true sum, case, bin)
     populated = sums[0].sum(0) >= min_count
-    unit = np.arange(n_case) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    if unit.size != n_case:
-        raise ValueError(f"groups needs one label per case: {unit.size} labels for {n_case} cases")
-    n_unit = int(unit.max()) + 1
-    # how often each resample draws each unit, handed to every case of that unit
-    weights = np.random.default_rng(seed).multinomial(n_unit, np.full(n_unit, 1.0 / n_unit), size=n_boot)[:, unit]
+    groups = np.arange(n_case) if groups is None else np.asarray(groups).ravel()
+    if groups.size != n_case:
+        raise ValueError(f"groups needs one label per case: {groups.size} labels for {n_case} cases")
+    n_unit = np.unique(groups).size
+    weights = resample_weights(groups, n_boot, seed)  # (boot, case)
     boot = np.einsum("bc,sck->sbk", weights, sums)  # (3, boot, bin)
     with np.errstate(invalid="ignore", divide="ignore"):
         diff = (sums[1].sum(0) - sums[2].sum(0)) / sums[0].sum(0)

@@ -36,6 +36,8 @@ __all__ = [
     "ensemble_spread",
     "exceedance_probability",
     "fractions_skill_score",
+    "fss_sums",
+    "crps_pointwise",
     "rank_histogram",
     "reliability_diagram",
     "roc_auc",
@@ -96,7 +98,7 @@ def _members(forecast: xr.DataArray, member_dim: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ continuous scores
-def _crps_pointwise(forecast: xr.DataArray, truth: xr.DataArray, member_dim: str) -> xr.DataArray:
+def crps_pointwise(forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = "member") -> xr.DataArray:
     """Fair CRPS at every point (NaN where invalid); a deterministic forecast scores its absolute error."""
     if member_dim not in forecast.dims:
         return abs(forecast - truth)
@@ -132,7 +134,7 @@ def crps(forecast: xr.DataArray, truth: xr.DataArray, dim: Dims = None,
     """Mean fair CRPS (unbiased in the number of members M; Ferro 2014), computed with scoringrules."""
     forecast, truth = _checked("crps", forecast, truth, member_dim, ensemble=True)
     dims = _dims("crps", dim, truth)
-    return _crps_pointwise(forecast, truth, member_dim).mean(dims, skipna=True)
+    return crps_pointwise(forecast, truth, member_dim).mean(dims, skipna=True)
 
 
 def crps_skill_score(forecast: xr.DataArray, truth: xr.DataArray, reference: xr.DataArray, dim: Dims = None,
@@ -146,8 +148,8 @@ def crps_skill_score(forecast: xr.DataArray, truth: xr.DataArray, reference: xr.
                             ensemble=False)
     dims = _dims("crps_skill_score", dim, truth)
     both = _valid(forecast, truth, member_dim) & _valid(reference, truth, member_dim)
-    score = _crps_pointwise(forecast, truth, member_dim).where(both).mean(dims, skipna=True)
-    ref = _crps_pointwise(reference, truth, member_dim).where(both).mean(dims, skipna=True)
+    score = crps_pointwise(forecast, truth, member_dim).where(both).mean(dims, skipna=True)
+    ref = crps_pointwise(reference, truth, member_dim).where(both).mean(dims, skipna=True)
     return 1.0 - score / ref
 
 
@@ -431,6 +433,17 @@ def fractions_skill_score(forecast: xr.DataArray, truth: xr.DataArray, threshold
     the spatial dims and ``dim`` (default: every other dimension), so the result has dims (threshold, scale, rest);
     a scalar threshold or scale drops its dimension. NaN where neither field has an event.
     """
+    parts = fss_sums(forecast, truth, thresholds, scales, dim, spatial_dims, member_dim)
+    return (1.0 - parts["numerator"] / parts["denominator"].where(parts["denominator"] > 0)).rename(
+        "fractions_skill_score")
+
+
+def fss_sums(forecast: xr.DataArray, truth: xr.DataArray, thresholds: float | Sequence[float],
+             scales: int | Sequence[int], dim: Dims = None, spatial_dims: tuple[str, str] = ("y", "x"),
+             member_dim: str = "member") -> xr.Dataset:
+    """The sums FSS is made of: ``numerator`` = sum (f - o)^2 and ``denominator`` = sum f^2 + sum o^2 of the
+    neighbourhood fractions (see `fractions_skill_score`, which is 1 - numerator / denominator).  Being sums, they
+    add over cases: summed over the spatial dims only, they give each case's share of a pooled FSS."""
     who = "fractions_skill_score"
     ensemble = member_dim in forecast.dims
     forecast, truth = _checked(who, forecast, truth, member_dim, ensemble=False)
@@ -444,7 +457,7 @@ def fractions_skill_score(forecast: xr.DataArray, truth: xr.DataArray, threshold
         raise ValueError(f"{who}: scales must be positive neighbourhood sizes in grid points, got {scales}")
     valid = _valid(forecast, truth, member_dim)
     order = list(truth.dims)
-    out = []
+    numerators, denominators = [], []
     for thr in thresholds:
         f_event = forecast >= thr
         f_event = f_event.mean(member_dim) if ensemble else f_event.astype(float)
@@ -456,19 +469,19 @@ def fractions_skill_score(forecast: xr.DataArray, truth: xr.DataArray, threshold
             sf = f_event.copy(data=uniform_filter(f_event.values, size=size, mode="constant", cval=0.0))
             so = o_event.copy(data=uniform_filter(o_event.values, size=size, mode="constant", cval=0.0))
             sf, so = sf.where(valid), so.where(valid)
-            numer = ((sf - so) ** 2).sum(dims)
-            denom = (sf ** 2).sum(dims) + (so ** 2).sum(dims)
-            per_scale.append(1.0 - numer / denom.where(denom > 0))
-        out.append(xr.concat(per_scale, "scale"))
-    result = xr.concat(out, "threshold").assign_coords(threshold=thresholds, scale=[int(s) for s in scales])
+            per_scale.append((((sf - so) ** 2).sum(dims), (sf ** 2).sum(dims) + (so ** 2).sum(dims)))
+        numerators.append(xr.concat([n for n, _ in per_scale], "scale"))
+        denominators.append(xr.concat([d for _, d in per_scale], "scale"))
+    out = xr.Dataset({"numerator": xr.concat(numerators, "threshold"),
+                      "denominator": xr.concat(denominators, "threshold")})
+    out = out.assign_coords(threshold=thresholds, scale=[int(s) for s in scales])
     if one_threshold:
-        result = result.squeeze("threshold", drop=True)
+        out = out.squeeze("threshold", drop=True)
     if one_scale:
-        result = result.squeeze("scale", drop=True)
-    return result.rename("fractions_skill_score")
+        out = out.squeeze("scale", drop=True)
+    return out
 
 
-# ----------------------------------------------------------------------------------------------- categorical scores
 def contingency_scores(forecast: xr.DataArray, truth: xr.DataArray, thresholds: float | Sequence[float],
                        dim: Dims = None, member_dim: str = "member") -> xr.Dataset:
     """2x2 contingency table of the events value >= threshold, and POD, FAR (false-alarm ratio), CSI, frequency bias.

@@ -25,6 +25,7 @@ from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import forecasters as fcs
 from def_ray.verify.calibration import calibrated_deviation, deviation_interval, reliability_against_truth
 from def_ray.verify.report import Cases, Plotter, rainy_tiles, run_forecasters, score, select_cases, write_report
+from def_ray.verify.significance import compare_to_baselines, comparison_section
 
 @dataclass
 class VerifyResult:
@@ -32,6 +33,7 @@ class VerifyResult:
     scores: dict[str, Any]
     paths: dict[str, Path]
     calibration: dict[str, Any] = field(default_factory=dict)
+    comparison: dict[str, Any] = field(default_factory=dict)  # def_ray.verify.significance.compare_to_baselines
 
     def __str__(self) -> str:
         return f"verification report: {self.paths['markdown']}"
@@ -210,6 +212,11 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
     forecasts = run_forecasters(cases, table, CaseProgress() if progress else None)
     scores = score(forecasts, cases.truth, thresholds, v.scales)
     sections, calibration = [], {}
+    scale = max(v.scales)
+    comparison = compare_to_baselines(forecasts, cases.truth, v.baselines, thresholds, scale,
+                                      cases.truth["init_time"].values)
+    if comparison["methods"]:
+        sections.append(comparison_section(comparison, f"{scale} points ({scale * v.km_per_pixel:g} km)"))
     members = {name: fc.isel(lead=0).transpose("member", "case", ...).values
                for name, fc in forecasts.items() if fc.sizes["member"] > 1}
     if synth_truth:
@@ -224,12 +231,15 @@ def verify(cfg: Config, models: Mapping[str, str], out_dir: str | Path | None = 
         plotter = partial(plotter, km_per_pixel=v.km_per_pixel, step_minutes=store.dt_seconds * cfg.data.dt_steps / 60)
     paths = write_report(out, scores, forecasts, cases.truth, thresholds, v.scales, sections,
                          title=f"def_ray verification: {cfg.name}", plotter=plotter)
+    if comparison["methods"]:
+        paths["comparison"] = out / "comparison.json"
+        paths["comparison"].write_text(json.dumps(comparison, indent=2))
     if calibration:
         paths["calibration"] = out / ("calibration_vs_truth.json" if synth_truth else "calibration_vs_observed.json")
         paths["calibration"].write_text(json.dumps(calibration, indent=2))
     if mlflow_run_id:
         log_to_mlflow(cfg, mlflow_run_id, out, scores)
-    return VerifyResult(out_dir=out, scores=scores, paths=paths, calibration=calibration)
+    return VerifyResult(out_dir=out, scores=scores, paths=paths, calibration=calibration, comparison=comparison)
 
 
 def log_to_mlflow(cfg: Config, run_id: str, out: Path, scores: Mapping[str, Any]) -> bool:
