@@ -13,12 +13,13 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from def_ray.verify.metrics import equal_probability_bins
 from def_ray.verify.significance import resample_weights
 
 
 def _bin_of(p: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Equal-width bin edges on [0, 1] and each probability's bin (the last bin includes 1)."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    edges = equal_probability_bins(bins)
     return edges, np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
 
 
@@ -104,33 +105,70 @@ def deviation_interval(forecast_probability: np.ndarray, true_probability: np.nd
     return ds
 
 
-def calibrated_deviation(members: np.ndarray, threshold: float, valid: np.ndarray | None = None, bins: int = 10,
-                         min_count: int = 50, level: float = 0.9) -> dict[str, float]:
-    """What a calibrated ensemble would score on these cases: the largest reliability deviation when the truth is
-    one of the ensemble's own members.
-
-    If the ensemble is calibrated the truth is one more draw like any member, so scoring each member k (as truth)
-    against the probability of the other M - 1 members gives M draws of the max deviation a calibrated forecast of
-    the same cases would show: its storms, its spatial correlation, its bins of >= `min_count` points.  An observed
-    deviation above the upper of them is miscalibration, not the few cases verified; a tolerance below their median
-    cannot be told from noise on these cases.  `members` is (member, ...) values, `valid` a mask of the points scored
-    (default: finite everywhere).  Returns {"median", "upper" (the `level` quantile), "draws"}.
-    """
+def _scored_points(members: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(members as float64, the points scored: `valid` where given, and every member finite)."""
     x = np.asarray(members, dtype="float64")
+    if x.shape[0] < 3:
+        raise ValueError(f"need at least 3 members to score one against the others, got {x.shape[0]}")
+    ok = np.isfinite(x).all(0)
+    return x, ok if valid is None else ok & np.asarray(valid, dtype=bool)
+
+
+def member_as_truth(members: np.ndarray, threshold: float, valid: np.ndarray | None = None, bins: int = 10,
+                    min_count: int = 50) -> xr.Dataset:
+    """Each member in turn scored as the truth against the share of the other M - 1 reaching `threshold`: the
+    reliability a calibrated forecast of these very cases would show, M times (dims draw, bin; the variables of
+    `reliability_against_truth`, and `max_deviation` per draw).
+
+    If the ensemble is calibrated the truth is one more draw like any member, so these are draws of what chance
+    alone gives on the same cases: their storms, their spatial correlation, the bins of >= `min_count` points and
+    the finite ensemble (a share of M members is not on the diagonal even for exchangeable members).  `members` is
+    (member, ...) values, `valid` a mask of the points scored (default: finite everywhere).
+    """
+    x, ok = _scored_points(members, valid)
     m = x.shape[0]
-    if m < 3:
-        raise ValueError(f"need at least 3 members to score one against the others, got {m}")
-    ok = np.isfinite(x).all(0) if valid is None else np.asarray(valid, dtype=bool) & np.isfinite(x).all(0)
-    if not ok.any():
-        return {"median": float("nan"), "upper": float("nan"), "draws": m}
     event = x[:, ok] >= threshold  # (member, point)
     count = event.sum(0)
     draws = []
     for k in range(m):
-        others = (count - event[k]) / (m - 1)
-        draws.append(reliability_against_truth(others, event[k], bins=bins, min_count=min_count).attrs["max_deviation"])
-    draws = np.asarray(draws)
-    finite = draws[np.isfinite(draws)]
+        rel = reliability_against_truth((count - event[k]) / (m - 1), event[k], bins=bins, min_count=min_count)
+        draws.append(rel.assign(max_deviation=rel.attrs["max_deviation"]))
+    return xr.concat(draws, "draw", data_vars="all", coords="minimal", compat="override")
+
+
+def calibrated_deviations(members: np.ndarray, threshold: float, at: np.ndarray, valid: np.ndarray | None = None,
+                          bins: int = 10) -> np.ndarray:
+    """(draw, len(at)): the signed deviation (observed frequency - probability) each `member_as_truth` draw shows
+    at the probabilities `at` (e.g. an M-member diagram's bin means), interpolated between the draw's own bin means.
+
+    The draws are ensembles of M - 1 members, whose shares k / (M - 1) sit a little apart from the M members'
+    shares in the same bin; where a calibrated ensemble's diagram is steep (the finite-ensemble part: flat at
+    the climatological frequency when every point has the same probability) comparing bin by bin would put that
+    offset into the deviation, interpolating at the same probability does not."""
+    draws = member_as_truth(members, threshold, valid, bins, min_count=1)
+    forecast, truth = draws["forecast_probability"].values, draws["true_probability"].values
+    out = np.full((forecast.shape[0], np.size(at)), np.nan)
+    for k, (f, t) in enumerate(zip(forecast, truth)):
+        seen = np.isfinite(f)
+        if seen.any():
+            out[k] = np.interp(np.asarray(at, dtype="float64"), f[seen], t[seen] - f[seen])
+    return out
+
+
+def calibrated_deviation(members: np.ndarray, threshold: float, at: np.ndarray, valid: np.ndarray | None = None,
+                         bins: int = 10, level: float = 0.9) -> dict[str, float]:
+    """What a calibrated ensemble would score on these cases: over the draws of `member_as_truth`, the median and
+    `level` quantile of the largest |deviation| at the probabilities `at` (the bin means an observed maximum runs
+    over; `calibrated_deviations`).  An observed deviation above the upper is miscalibration, not the few cases
+    verified; a tolerance below the median cannot be told from noise on these cases.  Returns {"median", "upper",
+    "draws"}.
+    """
+    x, ok = _scored_points(members, valid)
+    nan = {"median": float("nan"), "upper": float("nan"), "draws": x.shape[0]}
+    if not ok.any() or np.size(at) == 0:
+        return nan
+    largest = np.abs(calibrated_deviations(x, threshold, at, ok, bins)).max(axis=1)
+    finite = largest[np.isfinite(largest)]
     if finite.size == 0:
-        return {"median": float("nan"), "upper": float("nan"), "draws": m}
-    return {"median": float(np.median(finite)), "upper": float(np.quantile(finite, level)), "draws": m}
+        return nan
+    return {"median": float(np.median(finite)), "upper": float(np.quantile(finite, level)), "draws": x.shape[0]}

@@ -38,6 +38,7 @@ __all__ = [
     "fractions_skill_score",
     "fss_sums",
     "crps_pointwise",
+    "equal_probability_bins",
     "rank_histogram",
     "reliability_diagram",
     "roc_auc",
@@ -310,6 +311,12 @@ def brier_score(forecast: xr.DataArray, truth: xr.DataArray, threshold: float, d
     return ((prob - event) ** 2).mean(dims, skipna=True)
 
 
+def equal_probability_bins(bins: int) -> np.ndarray:
+    """`bins` + 1 equal-width edges on [0, 1], each the double nearest its decimal (linspace gives 0.30000000000000004
+    and 0.7000000000000001, so the shares 6 / 20 = 0.3 and 14 / 20 = 0.7 fell into the bin below theirs)."""
+    return np.round(np.linspace(0.0, 1.0, bins + 1), 12)
+
+
 def _bin_edges(who: str, bins: int | Sequence[float] | None, forecast: xr.DataArray, member_dim: str) -> np.ndarray:
     """Probability bin edges; by default one bin per possible ensemble probability k/M (or 10 equal bins)."""
     if bins is None:
@@ -320,7 +327,7 @@ def _bin_edges(who: str, bins: int | Sequence[float] | None, forecast: xr.DataAr
     if isinstance(bins, int):
         if bins < 1:
             raise ValueError(f"{who}: bins must be a positive number of bins, got {bins}")
-        return np.linspace(0.0, 1.0, bins + 1)
+        return equal_probability_bins(bins)
     edges = np.asarray(bins, dtype=float)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0) or edges[0] > 0 or edges[-1] < 1:
         raise ValueError(f"{who}: bin edges must increase strictly and cover [0, 1], got {list(edges)}")

@@ -120,7 +120,8 @@ def observed_calibration(cases: Cases, members: Mapping[str, np.ndarray],
     table = calibration_table(exceedance_probabilities(members, thresholds), outcomes, thresholds, groups, min_count)
     for name, x in members.items():
         for thr in thresholds:
-            cal = calibrated_deviation(x, thr, valid=np.isfinite(obs), min_count=min_count)
+            judged = [b["forecast"] for b in table[name][str(thr)]["bins"].values() if b["count"] >= min_count]
+            cal = calibrated_deviation(x, thr, judged, valid=np.isfinite(obs))
             table[name][str(thr)]["calibrated_max_deviation"] = {"median": _f(cal["median"]),
                                                                  "upper": _f(cal["upper"]), "draws": cal["draws"]}
     return table

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from def_ray.verify import metrics  # noqa: E402
+from def_ray.verify.calibration import calibrated_deviations  # noqa: E402
 from def_ray.verify.spectra import radial_power_spectrum  # noqa: E402
 
 
@@ -69,7 +70,11 @@ def reliability_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: x
                      thresholds: Sequence[float], lead=None, step_minutes: float | None = None) -> Path:
     """Reliability diagram per threshold at one lead (default: the first of the data): diagonal, climatology
     (horizontal and vertical) and the no-skill line halfway between climatology and the diagonal (points above it
-    add to the Brier skill score), and below it the sharpness histogram: how often each probability was forecast."""
+    add to the Brier skill score), and below it the sharpness histogram: how often each probability was forecast.
+
+    Each ensemble's points carry a bar: where 90 % of the observed frequencies would fall if that ensemble were
+    calibrated, on the same cases (each member scored as the truth against the others,
+    def_ray.verify.calibration.member_as_truth). A point outside its bar is miscalibration, not the few cases."""
     lead = _leads(truth)[0] if lead is None else lead
     t = _at(truth, lead)
     fig, axes = _figure(2, len(thresholds), 4.2, 2.4, gridspec_kw={"height_ratios": [2.2, 1]}, sharex="col")
@@ -88,8 +93,12 @@ def reliability_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: x
         for name, fc in _ensembles(forecasts).items():
             rd = metrics.reliability_diagram(_at(fc, lead), t, thr, bins=10)
             ok = rd["count"].values > 0
-            line, = ax.plot(rd["forecast_probability"].values[ok], rd["observed_frequency"].values[ok], "o-",
-                            ms=4, label=name)
+            x = rd["forecast_probability"].values
+            line, = ax.plot(x[ok], rd["observed_frequency"].values[ok], "o-", ms=4, label=name)
+            lo, hi = _calibrated_band(_at(fc, lead), t, thr, np.where(ok, x, 0.0), rd.sizes["bin"])
+            bar = ok & np.isfinite(lo)
+            ax.vlines(x[bar], (x + lo)[bar].clip(0, 1), (x + hi)[bar].clip(0, 1), color=line.get_color(), lw=3,
+                      alpha=0.3, label=f"{name}: 90 % if calibrated")
             edges = np.append(rd["bin_lower"].values, rd["bin_upper"].values[-1])
             hx.stairs(rd["count"].values, edges, color=line.get_color(), lw=1.2, label=name)
         ax.set(title=f"{_event(truth, thr)}, {lead_label(lead, step_minutes)}", ylabel="observed frequency",
@@ -98,6 +107,19 @@ def reliability_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: x
         hx.set_yscale("log")
         hx.set(xlabel="forecast probability", ylabel="count (sharpness)", xlim=(0, 1))
     return _save(fig, path)
+
+
+def _calibrated_band(forecast: xr.DataArray, truth: xr.DataArray, threshold: float, at: np.ndarray,
+                     bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """At the probabilities `at`, the 5 % and 95 % of (observed frequency - forecast probability) over the
+    member-as-truth draws (def_ray.verify.calibration.calibrated_deviations)."""
+    import warnings
+
+    members = forecast.transpose("member", *truth.dims).values
+    signed = calibrated_deviations(members, threshold, at, valid=np.isfinite(truth.values), bins=bins)
+    with warnings.catch_warnings():  # no draw with a point: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanquantile(signed, 0.05, axis=0), np.nanquantile(signed, 0.95, axis=0)
 
 
 def rank_histogram_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray) -> Path:

@@ -130,13 +130,16 @@ def test_calibrated_deviation_is_the_finite_ensemble_deviation_of_a_perfect_ense
     score 0 exactly."""
     from scipy.stats import binom
 
-    from def_ray.verify.calibration import _bin_of, calibrated_deviation
+    from def_ray.verify.calibration import _bin_of, calibrated_deviation, member_as_truth
 
     rng = np.random.default_rng(0)
     ps, m = np.array([0.15, 0.45, 0.75]), 20
     p = np.repeat(ps, 100_000)
     members = (rng.uniform(size=(m, p.size)) < p).astype(float)
-    got = calibrated_deviation(members, 0.5, min_count=500)
+    draws = member_as_truth(members, 0.5, min_count=500)
+    assert draws.sizes["draw"] == m and (draws["count"].sum("bin") == p.size).all()
+    nodes = draws["forecast_probability"].mean("draw").values  # the bins' shares: every draw has the same
+    got = calibrated_deviation(members, 0.5, nodes[draws["populated"].all("draw").values])
 
     k = np.arange(m)  # how many of the other m - 1 members exceed
     share = k / (m - 1)
@@ -148,8 +151,10 @@ def test_calibrated_deviation_is_the_finite_ensemble_deviation_of_a_perfect_ense
     assert got["draws"] == m and got["median"] == pytest.approx(expected, abs=0.02)
     assert got["median"] <= got["upper"] < expected + 0.04
 
+    assert np.median(draws["max_deviation"]) == pytest.approx(got["median"], abs=1e-9)
+
     same = np.repeat(members[:1], m, axis=0)  # every member the same field: the others always agree with it
-    assert calibrated_deviation(same, 0.5, min_count=500) == {"median": 0.0, "upper": 0.0, "draws": m}
+    assert calibrated_deviation(same, 0.5, [0.0, 1.0]) == {"median": 0.0, "upper": 0.0, "draws": m}
 
 
 def test_calibrated_deviation_widens_with_spatially_correlated_members():
@@ -162,16 +167,17 @@ def test_calibrated_deviation_widens_with_spatially_correlated_members():
     ps, m, block = np.array([0.15, 0.45, 0.75]), 20, 625
     p = np.repeat(ps, 160)  # 480 blocks
     draws = (rng.uniform(size=(m, p.size)) < p).astype(float)
-    independent = calibrated_deviation((rng.uniform(size=(m, p.size * block)) < np.repeat(p, block)).astype(float),
-                                       0.5, min_count=1500)
-    correlated = calibrated_deviation(np.repeat(draws, block, axis=1), 0.5, min_count=1500)
+    nodes = np.arange(10) / 10 + 0.05  # one probability a bin
 
     def spread(c):  # how far the 90 % draw lies above the median draw
         return c["upper"] - c["median"]
 
+    independent = calibrated_deviation((rng.uniform(size=(m, p.size * block)) < np.repeat(p, block)).astype(float),
+                                       0.5, nodes)
+    correlated = calibrated_deviation(np.repeat(draws, block, axis=1), 0.5, nodes)
     # independent points: bins of >= 1500 points, noise ~0.01 a bin; blocks: bins of a few blocks, noise ~0.1
     assert spread(independent) < 0.03 and spread(correlated) > 3 * spread(independent) + 0.03
-    valid = np.zeros(p.size * block, dtype=bool)
     with pytest.raises(ValueError, match="at least 3 members"):
-        calibrated_deviation(draws[:2], 0.5)
-    assert np.isnan(calibrated_deviation(np.repeat(draws, block, axis=1), 0.5, valid=valid)["median"])
+        calibrated_deviation(draws[:2], 0.5, nodes)
+    valid = np.zeros(p.size * block, dtype=bool)
+    assert np.isnan(calibrated_deviation(np.repeat(draws, block, axis=1), 0.5, nodes, valid=valid)["median"])

@@ -447,3 +447,24 @@ def test_spread_error_curve_of_intermittent_rain_is_diagonal_for_a_consistent_en
     blind = xr.DataArray(_intermittent(rng, (20, n), never, mu), dims=("member", "x"))
     missed = spread_error_curve(blind, truth)
     assert float(missed["rmse"][0]) > 0 and missed.attrs["max_relative_deviation"] > 0.9
+
+
+def test_equal_bins_hold_their_left_edge() -> None:
+    """Shares of 10 or 20 members on a bin edge (0.3 = 6 / 20, 0.7 = 14 / 20) fall into the bin they open, in the
+    reliability diagram and in the calibration tables alike (equal-width edges from linspace are 1 ulp too high at
+    0.3 and 0.7)."""
+    from def_ray.verify import metrics
+    from def_ray.verify.calibration import reliability_against_truth
+
+    for m in (10, 20):
+        share = np.arange(m + 1) / m
+        members = (np.arange(m)[:, None] < np.arange(m + 1)[None, :]).astype(float)  # point k: k members at 1
+        fc = xr.DataArray(members, dims=("member", "x"))
+        truth = xr.DataArray(np.zeros(m + 1), dims="x")
+        rd = metrics.reliability_diagram(fc, truth, 0.5, bins=10)
+        assert np.allclose(fc.mean("member"), share)
+        expect = np.minimum(np.floor(share * 10 + 1e-9), 9)  # bin k / 10 holds [k / 10, (k + 1) / 10)
+        counts = np.bincount(expect.astype(int), minlength=10)
+        assert rd["count"].values.tolist() == counts.tolist()
+        rel = reliability_against_truth(share, np.zeros(m + 1), bins=10, min_count=1)
+        assert rel["count"].values.tolist() == counts.tolist()

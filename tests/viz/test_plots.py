@@ -105,3 +105,44 @@ def test_spread_error_axes_are_equal_log_scales_with_the_20_percent_band(tmp_pat
         assert np.allclose(np.sort(np.unique(np.round(inner[:, 1] / inner[:, 0], 6))), [1 / 1.2, 1 / 0.8])
         spread, rmse = lines[next(k for k in lines if k.startswith("diffusion"))].get_data()
         assert ax.get_xlim()[0] < np.min(spread) and np.max(rmse) < ax.get_ylim()[1]  # every bin in view
+
+
+@pytest.mark.parametrize("varying", [True, False])
+def test_reliability_bars_show_where_a_calibrated_ensemble_would_fall(tmp_path, figures, varying):
+    """Members and truth drawn alike (a calibrated ensemble of 20): its points lie inside their 90 % bars but for
+    chance, also where every point has the same probability 0.5, whose diagram is flat at 0.5, far off the diagonal
+    (a finite ensemble's shares spread around 0.5 while the truth stays at it): the bars follow it there.  The truth
+    25 dBZ wetter than the members' distribution: every point above its bar but the top one (a bar there can reach
+    frequency 1)."""
+    from matplotlib.collections import LineCollection
+
+    rng = np.random.default_rng(3)
+    mean = rng.uniform(-10, 50, (2, 1, 64, 64)) if varying else np.full((2, 1, 64, 64), 20.0)
+    dims = ("case", "member", "lead", "y", "x")
+    fc = {"diffusion": xr.DataArray(rng.normal(mean[:, None], 15, (2, 20, 1, 64, 64)), dims=dims,
+                                    coords={"lead": [1]})}
+
+    def points_and_bars(truth_shift):
+        truth = xr.DataArray(rng.normal(mean, 15) + truth_shift, dims=("case", "lead", "y", "x"),
+                             coords={"lead": [1]}, name="refc", attrs={"units": "dBZ"})
+        plots.reliability_plot(tmp_path / "r.png", fc, truth, [20.0])
+        top = figures[-1].axes[0]
+        line = next(ln for ln in top.get_lines() if ln.get_label() == "diffusion")
+        bars = next(c for c in top.collections if isinstance(c, LineCollection)
+                    and c.get_label() == "diffusion: 90 % if calibrated")
+        x, y = (np.asarray(v, dtype=float) for v in line.get_data())
+        segs = {round(float(s[0][0]), 9): (float(s[0][1]), float(s[1][1])) for s in bars.get_segments()}
+        assert sorted(segs) == [round(float(v), 9) for v in x]  # one bar a point
+        bar = [segs[round(float(v), 9)] for v in x]
+        return x, y, bar
+
+    x, y, bar = points_and_bars(0.0)
+    inside = [lo <= v <= hi for (lo, hi), v in zip(bar, y)]
+    assert len(inside) >= 8 and sum(inside) >= len(inside) / 2 + 1
+    if not varying:  # flat at 0.5: bars of the well-filled bins at 0.2-0.35 lie far above the diagonal, at 0.65-0.8
+        low, high = (x >= 0.2) & (x <= 0.35), (x >= 0.65) & (x <= 0.8)  # far below
+        assert low.sum() >= 1 and high.sum() >= 1
+        assert all(bar[i][0] > x[i] + 0.1 for i in np.flatnonzero(low))
+        assert all(bar[i][1] < x[i] - 0.1 for i in np.flatnonzero(high))
+    x, y, bar = points_and_bars(25.0)
+    assert all(v > hi for (_, hi), v in zip(bar[:-1], y[:-1]))
