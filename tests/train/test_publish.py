@@ -35,7 +35,8 @@ def published(mlflow_server, tmp_path_factory):
     ckpt = tiny_checkpoint(root / "best.pt", cfg)
     description = ModelDescription.from_dict(read_checkpoint(ckpt, build=False).description)
     tracker = Tracker.start(cfg.tracking, "publish", {"name": "publish"})
-    pub = tracker.publish_model(ckpt, description, cfg.dump(), exported_epoch=2, export="best")
+    # promoted: other tests of the session may have registered (and aliased) def-ray-diffusion on this server first
+    pub = tracker.publish_model(ckpt, description, cfg.dump(), exported_epoch=2, export="best", promote=True)
     assert tracker.enabled and pub is not None, "publishing failed (see the warning)"
     tracker.end()
     cfg_file = root / "tiny.yaml"
@@ -95,7 +96,8 @@ def test_model_by_alias_forecasts_the_members_of_its_file(published, monkeypatch
 
 
 def test_a_new_export_takes_the_alias_only_when_promoted(published):
-    """The first registration became champion (the fixture); a later one leaves it unless train.promote says so."""
+    """With a champion (the fixture's version), a new registration leaves it unless train.promote says so; with
+    none, the first registration takes it."""
     from mlflow import MlflowClient
 
     from def_ray.config import TrackingConfig
@@ -121,6 +123,9 @@ def test_a_new_export_takes_the_alias_only_when_promoted(published):
     pub, champion, tag = publish(True)
     assert pub["promoted"] and champion == pub["version"] == pub["champion"]
     assert pub["model_uri"] == "models:/def-ray-diffusion@champion" and tag.endswith("(@champion)")
+    client.delete_registered_model_alias("def-ray-diffusion", "champion")  # no champion now: the default takes it
+    pub, champion, tag = publish(None)
+    assert pub["promoted"] and champion == pub["version"] and tag.endswith("(@champion)")
     published["pub"] = pub
 
 
