@@ -4,6 +4,10 @@ On the synthetic process the probability that reflectivity exceeds a threshold o
 (def_ray.data.synthetic.true_exceedance_probability).  A calibrated forecast's probability, binned, must then match
 the mean true probability in each bin; this needs far fewer cases than outcome-based reliability, because the
 binomial noise of the outcomes is gone.
+
+Against outcomes (real radar), two yardsticks say how much of a deviation the few cases verified explain: a
+bootstrap of the cases (`deviation_interval`) and what a calibrated ensemble would show on the same cases, each
+member scored as the truth against the others (`member_as_truth`, `calibrated_deviation`).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from def_ray.verify.calibration import calibrated_deviation, deviation_interval,
 from def_ray.verify.report import Cases, Plotter, rainy_tiles, run_forecasters, score, select_cases, write_report
 from def_ray.verify.significance import compare_to_baselines, comparison_section
 
+
 @dataclass
 class VerifyResult:
     out_dir: Path
