@@ -122,7 +122,8 @@ def observed_calibration(cases: Cases, members: Mapping[str, np.ndarray],
     for name, x in members.items():
         for thr in thresholds:
             judged = [b["forecast"] for b in table[name][str(thr)]["bins"].values() if b["count"] >= min_count]
-            cal = calibrated_deviation(x, thr, judged, valid=np.isfinite(obs))
+            cal = (calibrated_deviation(x, thr, judged, valid=np.isfinite(obs)) if len(x) >= 3  # two others needed
+                   else {"median": np.nan, "upper": np.nan, "draws": 0})
             table[name][str(thr)]["calibrated_max_deviation"] = {"median": _f(cal["median"]),
                                                                  "upper": _f(cal["upper"]), "draws": cal["draws"]}
     return table

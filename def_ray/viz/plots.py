@@ -95,10 +95,11 @@ def reliability_plot(path: Path, forecasts: Mapping[str, xr.DataArray], truth: x
             ok = rd["count"].values > 0
             x = rd["forecast_probability"].values
             line, = ax.plot(x[ok], rd["observed_frequency"].values[ok], "o-", ms=4, label=name)
-            lo, hi = _calibrated_band(_at(fc, lead), t, thr, np.where(ok, x, 0.0), rd.sizes["bin"])
-            bar = ok & np.isfinite(lo)
-            ax.vlines(x[bar], (x + lo)[bar].clip(0, 1), (x + hi)[bar].clip(0, 1), color=line.get_color(), lw=3,
-                      alpha=0.3, label=f"{name}: 90 % if calibrated")
+            if fc.sizes["member"] >= 3:  # scoring a member against the others needs two others
+                lo, hi = _calibrated_band(_at(fc, lead), t, thr, np.where(ok, x, 0.0), rd.sizes["bin"])
+                bar = ok & np.isfinite(lo)
+                ax.vlines(x[bar], (x + lo)[bar].clip(0, 1), (x + hi)[bar].clip(0, 1), color=line.get_color(), lw=3,
+                          alpha=0.3, label=f"{name}: 90 % if calibrated")
             edges = np.append(rd["bin_lower"].values, rd["bin_upper"].values[-1])
             hx.stairs(rd["count"].values, edges, color=line.get_color(), lw=1.2, label=name)
         ax.set(title=f"{_event(truth, thr)}, {lead_label(lead, step_minutes)}", ylabel="observed frequency",

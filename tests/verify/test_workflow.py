@@ -125,6 +125,12 @@ def test_verify_against_outcomes_reports_what_a_calibrated_ensemble_would_show(s
     assert "## Reliability against what happened" in md and "| a calibrated ensemble: median (90%) |" in md
     row = next(line for line in md.splitlines() if line.startswith("| steps | 0.0 |"))
     assert row.count("|") == 8  # method, threshold, deviation, interval, calibrated, mean forecast, mean true
+    # two members: nothing to score one against but the other, so no calibrated draws (and no failure)
+    assert verify_main(["--config", str(cfg_path), "--out", str(tmp_path / "two"), "-o", "verify.members=2",
+                        "-o", "verify.thresholds=[0.0]"]) == 0
+    two = json.loads((tmp_path / "two" / "calibration_vs_observed.json").read_text())["steps"]["0.0"]
+    assert two["calibrated_max_deviation"] == {"median": None, "upper": None, "draws": 0}
+    assert "| steps | 0.0 |" in (tmp_path / "two" / "report.md").read_text()
 
 
 def test_bad_model_argument_is_a_clear_error(synthetic_cfg, tmp_path, capsys):

@@ -146,3 +146,10 @@ def test_reliability_bars_show_where_a_calibrated_ensemble_would_fall(tmp_path, 
         assert all(bar[i][1] < x[i] - 0.1 for i in np.flatnonzero(high))
     x, y, bar = points_and_bars(25.0)
     assert all(v > hi for (_, hi), v in zip(bar[:-1], y[:-1]))
+    # two members: the points, but no bars (one member against one other gives no calibrated draws)
+    fc["diffusion"] = fc["diffusion"].isel(member=slice(0, 2))
+    truth = xr.DataArray(rng.normal(mean, 15), dims=("case", "lead", "y", "x"), coords={"lead": [1]}, name="refc")
+    plots.reliability_plot(tmp_path / "r2.png", fc, truth, [20.0])
+    top = figures[-1].axes[0]
+    assert any(ln.get_label() == "diffusion" for ln in top.get_lines())
+    assert not any(c.get_label().endswith("90 % if calibrated") for c in top.collections)
