@@ -489,6 +489,7 @@ def fss_sums(forecast: xr.DataArray, truth: xr.DataArray, thresholds: float | Se
     return out
 
 
+# ----------------------------------------------------------------------------------------------- categorical scores
 def contingency_scores(forecast: xr.DataArray, truth: xr.DataArray, thresholds: float | Sequence[float],
                        dim: Dims = None, member_dim: str = "member") -> xr.Dataset:
     """2x2 contingency table of the events value >= threshold, and POD, FAR (false-alarm ratio), CSI, frequency bias.

@@ -132,24 +132,24 @@ def score(forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray, thresholds
                 row["spread_skill"] = float(metrics.spread_skill_ratio(f, t))
             if m >= metrics.SPREAD_ERROR_MIN_MEMBERS:
                 curve = metrics.spread_error_curve(f, t)
-                row["spread_error"] = {"spread": [_num(x) for x in curve["spread"].values],
-                                       "rmse": [_num(x) for x in curve["rmse"].values],
+                row["spread_error"] = {"spread": [json_number(x) for x in curve["spread"].values],
+                                       "rmse": [json_number(x) for x in curve["rmse"].values],
                                        "count": curve["count"].values.astype(int).tolist(),
-                                       "correlation": _num(curve.attrs["correlation"]),
-                                       "max_relative_deviation": _num(curve.attrs["max_relative_deviation"])}
+                                       "correlation": json_number(curve.attrs["correlation"]),
+                                       "max_relative_deviation": json_number(curve.attrs["max_relative_deviation"])}
             thr_rows = {}
             cont = metrics.contingency_scores(f, t, list(thresholds))
             fss = metrics.fractions_skill_score(f, t, list(thresholds), list(scales))
             for k, thr in enumerate(thresholds):
-                r: dict[str, Any] = {key: _num(cont[key].isel(threshold=k)) for key in ("csi", "pod", "far",
+                r: dict[str, Any] = {key: json_number(cont[key].isel(threshold=k)) for key in ("csi", "pod", "far",
                                                                                           "frequency_bias")}
-                r["fss"] = {int(s): _num(fss.isel(threshold=k).sel(scale=s)) for s in scales}
-                r["brier"] = _num(metrics.brier_score(f, t, thr))
+                r["fss"] = {int(s): json_number(fss.isel(threshold=k).sel(scale=s)) for s in scales}
+                r["brier"] = json_number(metrics.brier_score(f, t, thr))
                 r["base_rate"] = float((t >= thr).mean())
                 if m > 1 and r["base_rate"] > 0:
                     dec = metrics.brier_decomposition(f, t, thr)
-                    r.update(reliability=_num(dec["reliability"]), resolution=_num(dec["resolution"]))
-                    r["roc_auc"] = _num(metrics.roc_auc(f, t, thr))
+                    r.update(reliability=json_number(dec["reliability"]), resolution=json_number(dec["resolution"]))
+                    r["roc_auc"] = json_number(metrics.roc_auc(f, t, thr))
                 thr_rows[str(thr)] = r
             row["thresholds"] = thr_rows
             per_lead[int(lead)] = row
@@ -157,7 +157,8 @@ def score(forecasts: Mapping[str, xr.DataArray], truth: xr.DataArray, thresholds
     return out
 
 
-def _num(x: Any) -> float | None:
+def json_number(x: Any) -> float | None:
+    """A float for JSON: None for NaN and infinities (JSON has none)."""
     v = float(x)
     return None if not np.isfinite(v) else v
 

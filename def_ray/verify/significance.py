@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from def_ray.verify import metrics
+from def_ray.verify.report import json_number
 
 __all__ = ["resample_weights", "interval", "compare_to_baselines", "comparison_section"]
 
@@ -70,37 +71,34 @@ def compare_to_baselines(forecasts: Mapping[str, xr.DataArray], truth: xr.DataAr
     Returns {method: {lead: {baseline: {"crps_ratio": [...], "fss_difference": {threshold: [...]}}}}}."""
     weights = resample_weights(groups, n_boot, seed)
     present = [b for b in baselines if b in forecasts]
-    out: dict[str, Any] = {}
-    for name, fc in forecasts.items():
-        if name in present:
-            continue
-        per_lead: dict[int, Any] = {}
-        for lead in truth.lead.values:
-            t, f = truth.sel(lead=lead), fc.sel(lead=lead)
-            crps, fss_parts = metrics.crps_pointwise(f, t), _fss_parts(f, t, thresholds, scale)
+    models = [name for name in forecasts if name not in present] if present else []
+    out: dict[str, Any] = {name: {} for name in models}
+    for lead in truth.lead.values if models else []:
+        t = truth.sel(lead=lead)
+        # each method's pointwise CRPS and per-case FSS sums, once a lead
+        parts = {name: (metrics.crps_pointwise(fc.sel(lead=lead), t), _fss_parts(fc.sel(lead=lead), t, thresholds,
+                                                                                   scale))
+                 for name, fc in forecasts.items()}
+        for name in models:
+            crps, fss_parts = parts[name]
             rows = {}
             for base in present:
-                b = forecasts[base].sel(lead=lead)
-                sums = _crps_sums(crps, metrics.crps_pointwise(b, t))  # (case, 2)
+                base_crps, theirs = parts[base]
+                sums = _crps_sums(crps, base_crps)  # (case, 2)
                 totals = weights @ sums  # (boot, 2)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     ratio, boot_ratio = sums[:, 0].sum() / sums[:, 1].sum(), totals[:, 0] / totals[:, 1]
-                theirs = _fss_parts(b, t, thresholds, scale)
                 fss = {}
                 for k, thr in enumerate(thresholds):
                     diff = _fss(fss_parts[k].sum(0)) - _fss(theirs[k].sum(0))
                     boot = (_fss(np.einsum("bc,cs->bs", weights, fss_parts[k]))
                             - _fss(np.einsum("bc,cs->bs", weights, theirs[k])))
-                    fss[str(thr)] = [_num(diff), *interval(boot, level)]
-                rows[base] = {"crps_ratio": [_num(ratio), *interval(boot_ratio, level)], "fss_difference": fss}
-            per_lead[int(lead)] = rows
-        out[name] = per_lead
+                    fss[str(thr)] = [json_number(diff), *interval(boot, level)]
+                rows[base] = {"crps_ratio": [json_number(ratio), *interval(boot_ratio, level)],
+                              "fss_difference": fss}
+            out[name][int(lead)] = rows
     return {"level": level, "scale": int(scale), "resamples": n_boot, "units": int(np.unique(groups).size),
             "methods": out}
-
-
-def _num(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def comparison_section(comparison: Mapping[str, Any], scale_label: str) -> str:

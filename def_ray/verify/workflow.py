@@ -24,7 +24,8 @@ from def_ray.data.ray_dataset import resolve_storage_options
 from def_ray.data.zarr_store import ZarrStore
 from def_ray.verify import forecasters as fcs
 from def_ray.verify.calibration import calibrated_deviation, deviation_interval, reliability_against_truth
-from def_ray.verify.report import Cases, Plotter, rainy_tiles, run_forecasters, score, select_cases, write_report
+from def_ray.verify.report import (Cases, Plotter, json_number, rainy_tiles, run_forecasters, score, select_cases,
+                                   write_report)
 from def_ray.verify.significance import compare_to_baselines, comparison_section
 
 
@@ -81,8 +82,8 @@ def calibration_table(probabilities: Mapping[str, np.ndarray], reference: np.nda
                 "max_deviation_interval": [ci.attrs["max_deviation_lower"], ci.attrs["max_deviation_upper"]],
                 "interval_level": ci.attrs["level"], "min_count": min_count,
                 "mean_forecast": rel.attrs["mean_forecast"], "mean_true": rel.attrs["mean_true"],
-                "bins": {f"{lo:.1f}-{hi:.1f}": {"forecast": _f(f), "true": _f(t), "count": int(n),
-                                                "difference_interval": [_f(d_lo), _f(d_hi)]}
+                "bins": {f"{lo:.1f}-{hi:.1f}": {"forecast": json_number(f), "true": json_number(t), "count": int(n),
+                                                "difference_interval": [json_number(d_lo), json_number(d_hi)]}
                          for lo, hi, f, t, n, d_lo, d_hi in zip(
                              rel.bin_lower.values, rel.bin_upper.values, rel.forecast_probability.values,
                              rel.true_probability.values, rel["count"].values, ci["lower"].values,
@@ -124,13 +125,9 @@ def observed_calibration(cases: Cases, members: Mapping[str, np.ndarray],
             judged = [b["forecast"] for b in table[name][str(thr)]["bins"].values() if b["count"] >= min_count]
             cal = (calibrated_deviation(x, thr, judged, valid=np.isfinite(obs)) if len(x) >= 3  # two others needed
                    else {"median": np.nan, "upper": np.nan, "draws": 0})
-            table[name][str(thr)]["calibrated_max_deviation"] = {"median": _f(cal["median"]),
-                                                                 "upper": _f(cal["upper"]), "draws": cal["draws"]}
+            table[name][str(thr)]["calibrated_max_deviation"] = {"median": json_number(cal["median"]),
+                                                                 "upper": json_number(cal["upper"]), "draws": cal["draws"]}
     return table
-
-
-def _f(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def _calibration_section(cal: Mapping[str, Any], observed: bool = False) -> str:
